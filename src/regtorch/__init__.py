@@ -1,0 +1,34 @@
+"""regtorch: regression with PyTorch, scikit-learn style.
+
+Heavy submodules load on first use, so ``import regtorch`` (and the CLI) start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "LinearRegression": "regtorch.estimators.linear",
+    "Ridge": "regtorch.estimators.linear",
+    "Lasso": "regtorch.estimators.linear",
+    "ElasticNet": "regtorch.estimators.linear",
+    "History": "regtorch.training",
+    "train": "regtorch.training",
+    "make_line": "regtorch.datasets",
+    "make_sine": "regtorch.datasets",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'regtorch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

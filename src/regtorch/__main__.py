@@ -1,0 +1,7 @@
+"""``python -m regtorch`` runs the command line (also under ``torchrun``)."""
+
+import sys
+
+from regtorch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,136 @@
+"""PNG plots with matplotlib (imported lazily, Agg backend)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from regtorch.training import History
+
+__all__ = ["plot_fit", "plot_loss_curves", "plot_predicted_vs_true", "plot_residuals"]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    os.replace(tmp, out)  # atomic: never a half-written PNG under the real name
+    _pyplot().close(fig)
+    return out
+
+
+def plot_loss_curves(
+    history: History, path: str | os.PathLike[str], title: str = "Loss curves", log_y: bool = True
+) -> Path:
+    """Train (and validation) loss per epoch, written as a PNG.
+
+    Examples
+    --------
+    >>> h = History(train_loss=[1.0, 0.5], val_loss=[1.1, 0.6], time=[0.1, 0.2], lr=[1e-3] * 2)
+    >>> plot_loss_curves(h, "/tmp/regtorch-doctest-loss.png").name
+    'regtorch-doctest-loss.png'
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    epochs = np.arange(1, len(history.train_loss) + 1)
+    ax.plot(epochs, history.train_loss, label="train")
+    if history.val_loss:
+        ax.plot(epochs, history.val_loss, label="validation")
+    if log_y and min(history.train_loss + history.val_loss, default=0) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_fit(
+    X: np.ndarray,
+    y: np.ndarray,
+    x_grid: np.ndarray,
+    y_grid: np.ndarray | dict[str, np.ndarray],
+    path: str | os.PathLike[str],
+    title: str = "Data and fitted curve",
+    equation: str | None = None,
+) -> Path:
+    """Scatter of one-feature data with one or more fitted curves over ``x_grid``.
+
+    ``y_grid`` may be a dict of label -> curve to overlay several fits; ``equation`` (e.g.
+    ``"y = 4.3867 x + 3.0133"``) is written on the plot.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.scatter(np.ravel(X), np.ravel(y), s=6, alpha=0.4, color="grey", label="data")
+    curves = y_grid if isinstance(y_grid, dict) else {"fit": y_grid}
+    for label, curve in curves.items():
+        ax.plot(np.ravel(x_grid), np.ravel(curve), lw=2, label=label)
+    if equation:
+        ax.text(
+            0.02,
+            0.96,
+            equation,
+            transform=ax.transAxes,
+            va="top",
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
+        )
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_predicted_vs_true(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    path: str | os.PathLike[str],
+    title: str = "Predicted vs true",
+) -> Path:
+    """Predicted against true values with the identity line."""
+    plt = _pyplot()
+    yt, yp = np.ravel(y_true), np.ravel(y_pred)
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
+    ax.scatter(yt, yp, s=8, alpha=0.5)
+    lo, hi = float(min(yt.min(), yp.min())), float(max(yt.max(), yp.max()))
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, ls="--", label="y = x")
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_residuals(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    path: str | os.PathLike[str],
+    title: str = "Residuals",
+) -> Path:
+    """Residuals (true - predicted) against predicted values."""
+    plt = _pyplot()
+    yt, yp = np.ravel(y_true), np.ravel(y_pred)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.scatter(yp, yt - yp, s=8, alpha=0.5)
+    ax.axhline(0.0, color="black", lw=1, ls="--")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("residual")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
