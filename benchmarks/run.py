@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # name -> module in benchmarks/ exposing run(args) -> str (a printed table)
 ENTRIES = {
     "reference": "bench_reference",
+    "linear": "bench_linear",
 }
 
 

@@ -28,6 +28,12 @@ __all__ = [
 # Cholesky on the scaled Gram is trusted up to this condition number of the Gram
 # (the design's is its square root); above it the solvers fall back to QR.
 GRAM_COND_LIMIT = 1e10
+# Above this condition number of the scaled Gram, the factor kept for standard errors gets a
+# second CholeskyQR pass (its error grows with cond(Gram) * eps otherwise).
+REORTH_COND = 1e3
+# Below this condition number of the scaled Gram, Cholesky's answer is already accurate to
+# about cond * eps (1e-13): iterative refinement passes over X are skipped.
+REFINE_COND = 100.0
 # Below this many flops (n * p^2) Householder QR costs nothing worth saving.
 SMALL_PROBLEM_FLOPS = 2e7
 
@@ -48,6 +54,18 @@ class Centered:
 
 
 @dataclass
+class GramState:
+    """Centred, weighted second moments of (X, y): enough for Cholesky, R2 and sse."""
+
+    G: torch.Tensor  # (p, p) Xc' W Xc
+    Xty: torch.Tensor  # (p, k) Xc' W yc
+    yty: torch.Tensor  # (k,) yc' W yc
+    X_offset: torch.Tensor  # (p,) weighted means (zeros without intercept)
+    y_offset: torch.Tensor  # (k,)
+    weight_sum: float
+
+
+@dataclass
 class LinearSolution:
     """Coefficients ``(p, k)`` of a least-squares fit, with how they were found."""
 
@@ -56,7 +74,8 @@ class LinearSolution:
     solver: str
     singular_values: torch.Tensor | None = None
     R: torch.Tensor | None = None  # (p, p) upper factor of the centred design, when full rank
-    cond: float | None = None  # estimated condition number of the scaled Gram (Cholesky path)
+    cond: float | None = None  # condition number of the scaled Gram (Cholesky path)
+    state: GramState | None = None  # the Gram it was solved from (Cholesky path)
 
 
 def center_and_weight(
@@ -115,31 +134,53 @@ def solve_qr(X: torch.Tensor, y: torch.Tensor, alpha: float = 0.0) -> LinearSolu
     return LinearSolution(coef, p, "qr", R=R if alpha == 0 else None)
 
 
-def _gram_blocks(
+def gram_state(
     X: torch.Tensor,
     y: torch.Tensor,
-    xo: torch.Tensor,
-    yo: torch.Tensor,
-    sw: torch.Tensor | None,
-    block_rows: int = 32_768,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Xc'Xc`` and ``Xc'yc`` of the centred, weighted design, a block of rows at a time.
+    sample_weight: torch.Tensor | None,
+    fit_intercept: bool,
+    block_rows: int = 8192,
+) -> GramState:
+    """One blockwise pass: the Gram of the data shifted by a pilot mean, then centred.
 
-    Centring block by block avoids both a full centred copy of X and the cancellation of
-    ``X'X - n * mean mean'``.
+    Shifting by the mean of the first rows keeps the final centring correction
+    ``W m m'`` tiny (no catastrophic cancellation) without a separate pass for the means;
+    blocks of a few thousand rows stay in cache, so the pass costs about as much as X'X.
     """
-    p, k = X.shape[1], y.shape[1]
-    G = X.new_zeros(p, p)
-    b = X.new_zeros(p, k)
-    for i in range(0, X.shape[0], block_rows):
-        xb = X[i : i + block_rows] - xo
-        yb = y[i : i + block_rows] - yo
+    n, p = X.shape
+    k = y.shape[1]
+    pilot = min(n, 1024)
+    xs = X[:pilot].mean(0) if fit_intercept else X.new_zeros(p)
+    ys = y[:pilot].mean(0) if fit_intercept else y.new_zeros(k)
+    sw = None if sample_weight is None else sample_weight.reshape(-1, 1).to(X.dtype).sqrt()
+    # One GEMM per block of [X - xs, y - ys, 1] (rows scaled by sqrt(w)) yields X'X, X'y,
+    # y'y, the column sums and the weight total at once.
+    m = p + k + 1
+    A = X.new_zeros(m, m)
+    buf = X.new_empty(min(block_rows, n), m)
+    for i in range(0, n, block_rows):
+        rows = min(block_rows, n - i)
+        blk = buf[:rows]
+        torch.sub(X[i : i + rows], xs, out=blk[:, :p])
+        torch.sub(y[i : i + rows], ys, out=blk[:, p : p + k])
         if sw is not None:
-            w = sw[i : i + block_rows]
-            xb, yb = xb * w, yb * w
-        G.addmm_(xb.mT, xb)
-        b.addmm_(xb.mT, yb)
-    return G, b
+            blk[:, :-1] *= sw[i : i + rows]
+            blk[:, -1:] = sw[i : i + rows]
+        else:
+            blk[:, -1] = 1.0
+        A.addmm_(blk.mT, blk)
+    G = A[:p, :p].clone()
+    Xty = A[:p, p : p + k].clone()
+    yty = A[p : p + k, p : p + k].diagonal().clone()
+    sx, sy = A[:p, -1], A[p : p + k, -1]
+    W = float(A[-1, -1])
+    if fit_intercept and W > 0:
+        mx, my = sx / W, sy / W
+        G -= W * torch.outer(mx, mx)
+        Xty -= W * torch.outer(mx, my)
+        yty -= W * my.square()
+        return GramState(G, Xty, yty, xs + mx, ys + my, W)
+    return GramState(G, Xty, yty, xs, ys, W)
 
 
 def solve_cholesky(
@@ -147,34 +188,36 @@ def solve_cholesky(
     y: torch.Tensor,
     alpha: float = 0.0,
     *,
-    X_offset: torch.Tensor | None = None,
-    y_offset: torch.Tensor | None = None,
-    sqrt_sw: torch.Tensor | None = None,
+    state: GramState | None = None,
+    sample_weight: torch.Tensor | None = None,
+    fit_intercept: bool = False,
     refine_steps: int = 3,
     cond_limit: float = GRAM_COND_LIMIT,
 ) -> LinearSolution:
-    """Cholesky on the column-scaled Gram with iterative refinement on the residual.
+    """Cholesky on the column-scaled, centred Gram with iterative refinement.
 
-    ``X`` and ``y`` may be raw: with ``X_offset``/``y_offset``/``sqrt_sw`` the centred,
-    weighted design ``sqrt_sw * (X - X_offset)`` is used without being materialised. The
-    Gram is formed once (the floor of any exact method); each refinement step costs two
-    passes over X. If the scaled Gram is too ill-conditioned (estimated from the factor),
-    or not positive definite, falls back to :func:`solve_qr` on the centred design.
-    The upper factor ``R`` (with ``R'R = Xc'Xc + alpha I``) is returned for inference.
+    The Gram (see :func:`gram_state`) is formed once, the floor of any exact method. When
+    the scaled Gram's condition number exceeds ``REFINE_COND``, refinement steps on the
+    residual (each one pass over X) restore QR-level accuracy. Above ``cond_limit``, or
+    when not positive definite, falls back to :func:`solve_qr` on the centred design.
+    The upper factor ``R`` (with ``R'R = Xc'Xc``) is returned for inference.
     """
+    if state is None:
+        state = gram_state(X, y, sample_weight, fit_intercept)
     p, k = X.shape[1], y.shape[1]
-    xo = X.new_zeros(p) if X_offset is None else X_offset
-    yo = y.new_zeros(k) if y_offset is None else y_offset
-    G, Xty = _gram_blocks(X, y, xo, yo, sqrt_sw)
+    xo, yo = state.X_offset, state.y_offset
+    sqrt_sw = None if sample_weight is None else sample_weight.reshape(-1, 1).to(X.dtype).sqrt()
+    G, Xty = state.G, state.Xty
     scale = G.diagonal().sqrt()  # (p,) column norms of the centred design
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     Gs = G / scale.unsqueeze(0) / scale.unsqueeze(1)
     if alpha > 0:
         Gs = Gs + torch.diag(alpha / scale**2)
     L, info = torch.linalg.cholesky_ex(Gs)
-    ld = L.diagonal()
-    ok = int(info) == 0 and p > 0 and float(ld.min()) > 0
-    cond_est = float((ld.max() / ld.min()) ** 2) if ok else math.inf
+    cond_est = math.inf
+    if int(info) == 0 and p > 0:
+        ev = torch.linalg.eigvalsh(Gs)  # O(p^3): small beside the O(n p^2) Gram
+        cond_est = float(ev[-1] / ev[0]) if float(ev[0]) > 0 else math.inf
     if cond_est > cond_limit:
         Xc, yc = X - xo, y - yo
         if sqrt_sw is not None:
@@ -184,22 +227,50 @@ def solve_cholesky(
     def gram_solve(rhs: torch.Tensor) -> torch.Tensor:
         return torch.cholesky_solve(rhs / scale.unsqueeze(1), L) / scale.unsqueeze(1)
 
-    def residual_rhs(coef: torch.Tensor) -> torch.Tensor:
-        # Xc'(yc - Xc coef) computed from X itself: the refinement's accuracy comes from here
-        e = (y - yo) - (X @ coef - xo @ coef)
-        if sqrt_sw is not None:
-            e = e * sqrt_sw**2
-        r = X.mT @ e - torch.outer(xo, e.sum(0))
+    def residual_rhs(coef: torch.Tensor, block_rows: int = 8192) -> torch.Tensor:
+        # Xc'W(yc - Xc coef) from X itself, centred block by block: the refinement's
+        # accuracy comes from here, so no large terms are allowed to cancel
+        r = X.new_zeros(p, k)
+        for i in range(0, X.shape[0], block_rows):
+            xb = X[i : i + block_rows] - xo
+            e = (y[i : i + block_rows] - yo) - xb @ coef
+            if sqrt_sw is not None:
+                e = e * sqrt_sw[i : i + block_rows] ** 2
+            r.addmm_(xb.mT, e)
         return r - alpha * coef if alpha > 0 else r
 
     coef = gram_solve(Xty)
-    for _ in range(refine_steps):
+    for _ in range(refine_steps if cond_est > REFINE_COND else 0):
         delta = gram_solve(residual_rhs(coef))
         coef = coef + delta
         if float(delta.abs().max()) <= 4 * torch.finfo(X.dtype).eps * float(coef.abs().max()):
             break
+    if alpha == 0 and cond_est > REORTH_COND:
+        L = _cholesky_qr2_factor(X, xo, sqrt_sw, scale, L)
     R = L.mT * scale.unsqueeze(0)  # R'R = Gram (+ alpha I)
-    return LinearSolution(coef, p, "cholesky", R=R, cond=cond_est)
+    return LinearSolution(coef, p, "cholesky", R=R if alpha == 0 else None, cond=cond_est,
+                          state=state)
+
+
+def _cholesky_qr2_factor(
+    X: torch.Tensor, xo: torch.Tensor, sqrt_sw: torch.Tensor | None, scale: torch.Tensor,
+    L: torch.Tensor, block_rows: int = 8192,
+) -> torch.Tensor:
+    """Second CholeskyQR pass: a factor as accurate as Householder QR's, from X's rows.
+
+    With ``Q1 = Xs L^-T``, ``Q1'Q1 = L2 L2'`` and the refined factor is ``L L2``. Costs two
+    more passes over X, so it runs only when the Gram is not well conditioned.
+    """
+    p = X.shape[1]
+    G2 = X.new_zeros(p, p)
+    for i in range(0, X.shape[0], block_rows):
+        xb = (X[i : i + block_rows] - xo) / scale
+        if sqrt_sw is not None:
+            xb = xb * sqrt_sw[i : i + block_rows]
+        qb = torch.linalg.solve_triangular(L, xb.mT, upper=False).mT  # (rows, p)
+        G2.addmm_(qb.mT, qb)
+    L2, info = torch.linalg.cholesky_ex(G2)
+    return L if int(info) != 0 else L @ L2
 
 
 def solve_least_squares(
@@ -233,18 +304,9 @@ def solve_least_squares(
         else:
             solver = "cholesky"
     if solver == "cholesky":
-        if sample_weight is None and not fit_intercept:
-            xo, yo, sw = X.new_zeros(p), y.new_zeros(y.shape[1]), None
-        else:
-            w = None if sample_weight is None else sample_weight.reshape(-1, 1).to(X.dtype)
-            if fit_intercept:
-                ws = X.new_tensor(float(n)) if w is None else w.sum()
-                xo = (X.sum(0) if w is None else (X * w).sum(0)) / ws
-                yo = (y.sum(0) if w is None else (y * w).sum(0)) / ws
-            else:
-                xo, yo = X.new_zeros(p), y.new_zeros(y.shape[1])
-            sw = None if w is None else w.sqrt()
-        sol = solve_cholesky(X, y, alpha, X_offset=xo, y_offset=yo, sqrt_sw=sw)
+        state = gram_state(X, y, sample_weight, fit_intercept)
+        xo, yo = state.X_offset, state.y_offset
+        sol = solve_cholesky(X, y, alpha, state=state, sample_weight=sample_weight)
     elif solver in ("svd", "qr"):
         c = center_and_weight(X, y, sample_weight, fit_intercept)
         xo, yo = c.X_offset, c.y_offset

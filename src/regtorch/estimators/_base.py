@@ -59,8 +59,9 @@ def validate_fit_input(
             raise ValueError("Negative values in data passed to `sample_weight`")
         sw = torch.as_tensor(sw_np)
     dev = resolve_device(device)
-    Xt = torch.as_tensor(X).to(dev)
-    yt = torch.as_tensor(np.ascontiguousarray(y2, dtype=X.dtype)).to(dev)
+    # np.require copies only read-only or non-contiguous input (torch wants it writable)
+    Xt = torch.as_tensor(np.require(X, requirements=["C", "W"])).to(dev)
+    yt = torch.as_tensor(np.require(y2, dtype=X.dtype, requirements=["C", "W"])).to(dev)
     return Xt, yt, None if sw is None else sw.to(dev), y_1d
 
 

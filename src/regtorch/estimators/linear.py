@@ -17,7 +17,7 @@ from regtorch.estimators._base import (
     validate_fit_input,
     validate_predict_input,
 )
-from regtorch.solvers import _gram_blocks, elastic_net, solve_least_squares
+from regtorch.solvers import GramState, elastic_net, gram_state, solve_least_squares
 
 __all__ = ["ElasticNet", "Lasso", "LinearRegression", "Ridge"]
 
@@ -134,6 +134,10 @@ class LinearRegression(_LinearBase):
     rank_ : int
     solver_ : str
         The closed form actually used.
+    n_iter_ : int
+        Epochs run by a gradient solver; 1 for a closed form.
+    history_ : regtorch.training.History
+        Loss curves, gradient solvers only.
 
     Examples
     --------
@@ -185,18 +189,20 @@ class LinearRegression(_LinearBase):
             self.rank_ = Xt.shape[1]
             self.solver_ = self.solver
             self._R = None
+            state = None
         else:
-            self.__dict__.pop("history_", None)
+            self.__dict__.pop("history_", None)  # gradient-only attribute
             sol, xo, yo = solve_least_squares(
                 Xt, yt, alpha, self.solver, sample_weight=sw, fit_intercept=self.fit_intercept
             )
             coef = sol.coef
             self.rank_ = sol.rank
             self.solver_ = sol.solver
-            self.n_iter_ = None
+            self.n_iter_ = 1  # one direct solve
             self._R = sol.R
+            state = sol.state
         self._set_coef(coef, xo, yo, y_1d)
-        self._fit_info = _fit_info(Xt, yt, sw, coef, xo, yo, self.fit_intercept)
+        self._fit_info = _fit_info(Xt, yt, sw, coef, xo, yo, self.fit_intercept, state)
         return self
 
     def summary(
@@ -243,31 +249,45 @@ class LinearRegression(_LinearBase):
 
 
 def _fit_info(
-    X: torch.Tensor,
-    y: torch.Tensor,
-    sw: torch.Tensor | None,
-    coef: torch.Tensor,
-    xo: torch.Tensor,
-    yo: torch.Tensor,
-    fit_intercept: bool,
+    X: torch.Tensor, y: torch.Tensor, sw: torch.Tensor | None, coef: torch.Tensor,
+    xo: torch.Tensor, yo: torch.Tensor, fit_intercept: bool, state: GramState | None,
+    block_rows: int = 8192,
 ) -> dict[str, Any]:
     """Residual and total sums of squares the statistics need, in float64."""
-    resid = (y - yo) - (X - xo) @ coef
-    w = None if sw is None else sw.reshape(-1, 1).to(resid.dtype)
-    ww = torch.ones_like(resid[:, :1]) if w is None else w
-    sse = (resid.square() * ww).sum(0)
+    w = None if sw is None else sw.reshape(-1, 1).to(X.dtype)
+    if state is not None:
+        sst = state.yty
+        # sse from the Gram; exact enough unless the fit is nearly perfect (cancellation)
+        sse = sst - 2 * (coef * state.Xty).sum(0) + (coef * (state.G @ coef)).sum(0)
+        if bool((sse > 1e-4 * sst).all()):
+            return _info_dict(X, w, sse, sst, xo)
+    sse = y.new_zeros(y.shape[1])
+    for i in range(0, X.shape[0], block_rows):
+        e = (y[i : i + block_rows] - yo) - (X[i : i + block_rows] - xo) @ coef
+        if w is not None:
+            e = e * w[i : i + block_rows].sqrt()
+        sse += e.square().sum(0)
+    ww = torch.ones_like(y[:, :1]) if w is None else w
     if fit_intercept:
         ym = (y * ww).sum(0) / ww.sum()
         sst = ((y - ym).square() * ww).sum(0)
     else:
         sst = (y.square() * ww).sum(0)
+    return _info_dict(X, w, sse, sst, xo)
+
+
+def _info_dict(
+    X: torch.Tensor, w: torch.Tensor | None, sse: torch.Tensor, sst: torch.Tensor,
+    xo: torch.Tensor,
+) -> dict[str, Any]:
+    n = int(X.shape[0])
     return {
-        "n": int(X.shape[0]),
-        "n_eff": int((ww.flatten() > 0).sum()),
-        "sw_sum": float(ww.sum()),
+        "n": n,
+        "n_eff": n if w is None else int((w > 0).sum()),
+        "sw_sum": float(n) if w is None else float(w.sum()),
         "sse": sse.cpu().numpy(),
         "sst": sst.cpu().numpy(),
-        "log_w_sum": float(torch.log(ww[ww > 0]).sum()),
+        "log_w_sum": 0.0 if w is None else float(torch.log(w[w > 0]).sum()),
         "X_offset": xo.cpu().numpy(),
     }
 
@@ -389,14 +409,9 @@ class ElasticNet(_LinearBase):
         if sw is not None:
             # scikit-learn rescales weights to sum to n_samples
             sw = sw * (n / sw.sum())
-        w = None if sw is None else sw.reshape(-1, 1)
-        if self.fit_intercept:
-            ws = float(n) if w is None else w.sum()
-            xo = (Xt.sum(0) if w is None else (Xt * w).sum(0)) / ws
-            yo = (yt.sum(0) if w is None else (yt * w).sum(0)) / ws
-        else:
-            xo, yo = Xt.new_zeros(p), yt.new_zeros(k)
-        G, Xty = _gram_blocks(Xt, yt, xo, yo, None if w is None else w.sqrt())
+        st = gram_state(Xt, yt, sw, bool(self.fit_intercept))
+        xo, yo = st.X_offset, st.y_offset
+        G, Xty = st.G, st.Xty
         G, Xty = G / n, Xty / n
         l1 = float(self.alpha * self.l1_ratio)
         l2 = float(self.alpha * (1.0 - self.l1_ratio))

@@ -1,0 +1,30 @@
+"""scikit-learn's estimator checks over every regtorch estimator (several solvers each)."""
+
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from regtorch import ElasticNet, Lasso, LinearRegression, Ridge
+
+ESTIMATORS = [
+    LinearRegression(),
+    LinearRegression(solver="qr"),
+    LinearRegression(solver="svd"),
+    LinearRegression(solver="cholesky"),
+    LinearRegression(solver="lbfgs"),
+    LinearRegression(solver="adam", max_iter=300),
+    LinearRegression(fit_intercept=False),
+    Ridge(),
+    Ridge(alpha=0.5, solver="svd"),
+    Ridge(solver="cholesky"),
+    Ridge(solver="lbfgs"),
+    Lasso(alpha=0.1),
+    Lasso(alpha=0.1, positive=True),
+    ElasticNet(alpha=0.1, l1_ratio=0.3),
+]
+
+# Checks expected to fail, with the reason; none at present.
+EXPECTED_FAILED: dict[str, dict[str, str]] = {}
+
+
+@parametrize_with_checks(ESTIMATORS, expected_failed_checks=lambda est: EXPECTED_FAILED.get(type(est).__name__, {}))
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
