@@ -19,10 +19,16 @@ def run(args: Any) -> str:
     for data in (make_line(), make_sine()):
         ref = run_reference(data)[0]
         fast = (run_fast_line(data) if data.name == "line" else run_fast_sine(data))[0]
-        rows.append([
-            data.name, ref["seconds"], ref["r2"], fast["seconds"], fast["r2"],
-            f"{ref['seconds'] / fast['seconds']:.0f}x",
-        ])
+        rows.append(
+            [
+                data.name,
+                ref["seconds"],
+                ref["r2"],
+                fast["seconds"],
+                fast["r2"],
+                f"{ref['seconds'] / fast['seconds']:.0f}x",
+            ]
+        )
     return table(
         ["experiment", "reference s", "reference R2", "fast s", "fast R2", "speed-up"], rows
     )

@@ -78,10 +78,14 @@ def test_lasso_and_elastic_net_match_sklearn(alpha):
         assert rel_err(ours.coef_, ref.coef_) < 1e-6
         assert ours.intercept_ == pytest.approx(ref.intercept_, rel=1e-6)
         ours = Est(alpha=alpha, **kw).fit(X_DIA, Y_DIA, sample_weight=W)
-        ref = SkEst(alpha=alpha, tol=1e-14, max_iter=200_000, **kw).fit(X_DIA, Y_DIA, sample_weight=W)
+        ref = SkEst(alpha=alpha, tol=1e-14, max_iter=200_000, **kw).fit(
+            X_DIA, Y_DIA, sample_weight=W
+        )
         assert rel_err(ours.coef_, ref.coef_) < 1e-6
     ours = Lasso(alpha=alpha * 10, positive=True).fit(X_MR, Y_MR[:, 0])
-    ref = sk.Lasso(alpha=alpha * 10, positive=True, tol=1e-14, max_iter=200_000).fit(X_MR, Y_MR[:, 0])
+    ref = sk.Lasso(alpha=alpha * 10, positive=True, tol=1e-14, max_iter=200_000).fit(
+        X_MR, Y_MR[:, 0]
+    )
     assert rel_err(ours.coef_, ref.coef_) < 1e-6 and (ours.coef_ >= 0).all()
 
 
@@ -105,7 +109,9 @@ def test_gradient_solvers_match_closed_form(solver):
 def test_float32_input_computes_in_float64():
     X32 = X_MR.astype(np.float32)
     ours = LinearRegression().fit(X32, Y_MR[:, 0].astype(np.float32))
-    ref = sk.LinearRegression().fit(X32.astype(np.float64), Y_MR[:, 0].astype(np.float32).astype(np.float64))
+    ref = sk.LinearRegression().fit(
+        X32.astype(np.float64), Y_MR[:, 0].astype(np.float32).astype(np.float64)
+    )
     assert rel_err(ours.coef_, ref.coef_) < 1e-10
     assert ours.coef_.dtype == np.float64
 
@@ -137,10 +143,14 @@ def test_ill_conditioned_design_falls_back_and_stays_accurate():
 
 def test_pipeline_gridsearch_clone():
     pipe = make_pipeline(StandardScaler(), Ridge())
-    gs = GridSearchCV(pipe, {"ridge__alpha": [0.1, 1.0, 10.0], "ridge__solver": ["qr", "cholesky"]}, cv=3)
+    gs = GridSearchCV(
+        pipe, {"ridge__alpha": [0.1, 1.0, 10.0], "ridge__solver": ["qr", "cholesky"]}, cv=3
+    )
     gs.fit(X_DIA, Y_DIA)
     assert gs.best_params_["ridge__alpha"] in (0.1, 1.0, 10.0)
-    ref = GridSearchCV(make_pipeline(StandardScaler(), sk.Ridge()), {"ridge__alpha": [0.1, 1.0, 10.0]}, cv=3).fit(X_DIA, Y_DIA)
+    ref = GridSearchCV(
+        make_pipeline(StandardScaler(), sk.Ridge()), {"ridge__alpha": [0.1, 1.0, 10.0]}, cv=3
+    ).fit(X_DIA, Y_DIA)
     assert gs.best_score_ == pytest.approx(ref.best_score_, rel=1e-10)
     c = clone(Lasso(alpha=0.3, positive=True))
     assert c.get_params()["alpha"] == 0.3 and c.get_params()["positive"] is True
@@ -148,17 +158,57 @@ def test_pipeline_gridsearch_clone():
 
 
 BAD = [
-    (lambda: LinearRegression().fit(np.array([[1.0], [np.nan]]), [1.0, 2.0]), ValueError, "Input X contains NaN"),
-    (lambda: LinearRegression().fit(np.array([[1.0], [np.inf]]), [1.0, 2.0]), ValueError, "Input X contains infinity"),
-    (lambda: LinearRegression().fit(np.array([[1.0], [2.0]]), [1.0, np.nan]), ValueError, "Input y contains NaN"),
-    (lambda: LinearRegression().fit(np.array([1.0, 2.0]), [1.0, 2.0]), ValueError, "Expected 2D array, got 1D array instead"),
-    (lambda: LinearRegression().fit(np.array([["a"], ["b"]]), [1.0, 2.0]), ValueError, "could not convert string to float"),
-    (lambda: LinearRegression().fit(np.ones((3, 2)), [1.0, 2.0]), ValueError, "inconsistent numbers of samples: \\[3, 2\\]"),
+    (
+        lambda: LinearRegression().fit(np.array([[1.0], [np.nan]]), [1.0, 2.0]),
+        ValueError,
+        "Input X contains NaN",
+    ),
+    (
+        lambda: LinearRegression().fit(np.array([[1.0], [np.inf]]), [1.0, 2.0]),
+        ValueError,
+        "Input X contains infinity",
+    ),
+    (
+        lambda: LinearRegression().fit(np.array([[1.0], [2.0]]), [1.0, np.nan]),
+        ValueError,
+        "Input y contains NaN",
+    ),
+    (
+        lambda: LinearRegression().fit(np.array([1.0, 2.0]), [1.0, 2.0]),
+        ValueError,
+        "Expected 2D array, got 1D array instead",
+    ),
+    (
+        lambda: LinearRegression().fit(np.array([["a"], ["b"]]), [1.0, 2.0]),
+        ValueError,
+        "could not convert string to float",
+    ),
+    (
+        lambda: LinearRegression().fit(np.ones((3, 2)), [1.0, 2.0]),
+        ValueError,
+        "inconsistent numbers of samples: \\[3, 2\\]",
+    ),
     (lambda: LinearRegression().fit(np.ones((0, 2)), []), ValueError, "0 sample\\(s\\)"),
-    (lambda: Ridge(alpha=-1.0).fit(np.ones((3, 2)), [1.0, 2.0, 3.0]), ValueError, "'alpha' parameter must be >= 0"),
-    (lambda: Lasso(alpha=-0.1).fit(np.ones((3, 2)), [1.0, 2.0, 3.0]), ValueError, "'alpha' parameter must be >= 0"),
-    (lambda: LinearRegression(solver="magic").fit(np.ones((3, 2)), [1.0, 2.0, 3.0]), ValueError, "'solver' parameter must be one of"),
-    (lambda: LinearRegression().fit(X_DIA, Y_DIA).predict(X_DIA[:, :3]), ValueError, "X has 3 features, but LinearRegression is expecting 10 features as input"),
+    (
+        lambda: Ridge(alpha=-1.0).fit(np.ones((3, 2)), [1.0, 2.0, 3.0]),
+        ValueError,
+        "'alpha' parameter must be >= 0",
+    ),
+    (
+        lambda: Lasso(alpha=-0.1).fit(np.ones((3, 2)), [1.0, 2.0, 3.0]),
+        ValueError,
+        "'alpha' parameter must be >= 0",
+    ),
+    (
+        lambda: LinearRegression(solver="magic").fit(np.ones((3, 2)), [1.0, 2.0, 3.0]),
+        ValueError,
+        "'solver' parameter must be one of",
+    ),
+    (
+        lambda: LinearRegression().fit(X_DIA, Y_DIA).predict(X_DIA[:, :3]),
+        ValueError,
+        "X has 3 features, but LinearRegression is expecting 10 features as input",
+    ),
 ]
 
 
@@ -169,7 +219,16 @@ def test_bad_input_errors(call, exc, msg):
 
 
 @cuda
-@pytest.mark.parametrize("Est, kw", [(LinearRegression, {}), (Ridge, {"alpha": 1.0}), (Lasso, {"alpha": 0.1}), (ElasticNet, {"alpha": 0.1}), (LinearRegression, {"solver": "lbfgs"})])
+@pytest.mark.parametrize(
+    "Est, kw",
+    [
+        (LinearRegression, {}),
+        (Ridge, {"alpha": 1.0}),
+        (Lasso, {"alpha": 0.1}),
+        (ElasticNet, {"alpha": 0.1}),
+        (LinearRegression, {"solver": "lbfgs"}),
+    ],
+)
 def test_cuda_matches_cpu(Est, kw):
     cpu = Est(**kw).fit(X_DIA, Y_DIA)
     gpu = Est(device="cuda", **kw).fit(X_DIA, Y_DIA)

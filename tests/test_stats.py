@@ -9,14 +9,28 @@ from regtorch import LinearRegression
 
 # NIST StRD, Longley: certified values (intercept first, then GNPDEFL, GNP, UNEMP, ARMED,
 # POP, YEAR).
-CERT_PARAMS = np.array([
-    -3482258.63459582, 15.0618722713733, -0.358191792925910e-01, -2.02022980381683,
-    -1.03322686717359, -0.511041056535807e-01, 1829.15146461355,
-])
-CERT_BSE = np.array([
-    890420.383607373, 84.9149257747669, 0.334910077722432e-01, 0.488399681651699,
-    0.214274163161675, 0.226073200069370, 455.478499142212,
-])
+CERT_PARAMS = np.array(
+    [
+        -3482258.63459582,
+        15.0618722713733,
+        -0.358191792925910e-01,
+        -2.02022980381683,
+        -1.03322686717359,
+        -0.511041056535807e-01,
+        1829.15146461355,
+    ]
+)
+CERT_BSE = np.array(
+    [
+        890420.383607373,
+        84.9149257747669,
+        0.334910077722432e-01,
+        0.488399681651699,
+        0.214274163161675,
+        0.226073200069370,
+        455.478499142212,
+    ]
+)
 CERT_RESID_SD = 304.854073561965
 CERT_R2 = 0.995479004577296
 
@@ -51,8 +65,18 @@ def _check_against(s, ref, rtol=1e-8):
     np.testing.assert_allclose(s.tvalues, ref.tvalues, rtol=rtol)
     np.testing.assert_allclose(s.pvalues, ref.pvalues, rtol=rtol, atol=1e-300)
     np.testing.assert_allclose(s.conf_int(), np.asarray(ref.conf_int()), rtol=rtol)
-    for name in ("rsquared", "rsquared_adj", "fvalue", "f_pvalue", "llf", "aic", "bic",
-                 "df_resid", "df_model", "ssr"):
+    for name in (
+        "rsquared",
+        "rsquared_adj",
+        "fvalue",
+        "f_pvalue",
+        "llf",
+        "aic",
+        "bic",
+        "df_resid",
+        "df_model",
+        "ssr",
+    ):
         assert getattr(s, name) == pytest.approx(getattr(ref, name), rel=rtol), name
 
 
@@ -74,14 +98,24 @@ def test_summary_matches_statsmodels(data, weighted, solver):
 def test_predict_interval_matches_statsmodels(weighted):
     sw = W_D if weighted else None
     m = LinearRegression().fit(X_D, Y_D, sample_weight=sw)
-    model = sm.WLS(Y_D, sm.add_constant(X_D), weights=W_D) if weighted else sm.OLS(Y_D, sm.add_constant(X_D))
+    model = (
+        sm.WLS(Y_D, sm.add_constant(X_D), weights=W_D)
+        if weighted
+        else sm.OLS(Y_D, sm.add_constant(X_D))
+    )
     new = X_D[:7] * 1.1
     for level in (0.9, 0.95):
-        frame = model.fit().get_prediction(sm.add_constant(new, has_constant="add")).summary_frame(alpha=1 - level)
+        frame = (
+            model.fit()
+            .get_prediction(sm.add_constant(new, has_constant="add"))
+            .summary_frame(alpha=1 - level)
+        )
         conf = m.predict_interval(new, level=level, kind="confidence")
         pred = m.predict_interval(new, level=level, kind="prediction")
         np.testing.assert_allclose(conf[:, 0], frame["mean"], rtol=1e-10)
-        np.testing.assert_allclose(conf[:, 1:], frame[["mean_ci_lower", "mean_ci_upper"]], rtol=1e-8)
+        np.testing.assert_allclose(
+            conf[:, 1:], frame[["mean_ci_lower", "mean_ci_upper"]], rtol=1e-8
+        )
         np.testing.assert_allclose(pred[:, 1:], frame[["obs_ci_lower", "obs_ci_upper"]], rtol=1e-8)
 
 

@@ -127,3 +127,21 @@ def test_bad_input_raises_value_error_naming_the_problem():
         train(LinearModule(3), X, Y, optimizer="rmsprop", epochs=1)
     with pytest.raises(ValueError, match="not numbers"):
         train(LinearModule(1), np.array([["a"], ["b"]]), np.array([1.0, 2.0]), epochs=1)
+
+
+def test_progress_bar_shows_epoch_loss_and_rate(capsys):
+    from regtorch.training import ProgressBar
+
+    train(
+        LinearModule(3),
+        X,
+        Y,
+        X_val=X,
+        y_val=Y,
+        epochs=400,
+        seed=0,
+        device="cpu",
+        callbacks=[ProgressBar(force=True, every=50, desc="fit")],
+    )
+    err = capsys.readouterr().err
+    assert "fit:" in err and "epoch/s" in err and "loss=" in err and "val=" in err

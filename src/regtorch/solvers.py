@@ -248,13 +248,18 @@ def solve_cholesky(
     if alpha == 0 and cond_est > REORTH_COND:
         L = _cholesky_qr2_factor(X, xo, sqrt_sw, scale, L)
     R = L.mT * scale.unsqueeze(0)  # R'R = Gram (+ alpha I)
-    return LinearSolution(coef, p, "cholesky", R=R if alpha == 0 else None, cond=cond_est,
-                          state=state)
+    return LinearSolution(
+        coef, p, "cholesky", R=R if alpha == 0 else None, cond=cond_est, state=state
+    )
 
 
 def _cholesky_qr2_factor(
-    X: torch.Tensor, xo: torch.Tensor, sqrt_sw: torch.Tensor | None, scale: torch.Tensor,
-    L: torch.Tensor, block_rows: int = 8192,
+    X: torch.Tensor,
+    xo: torch.Tensor,
+    sqrt_sw: torch.Tensor | None,
+    scale: torch.Tensor,
+    L: torch.Tensor,
+    block_rows: int = 8192,
 ) -> torch.Tensor:
     """Second CholeskyQR pass: a factor as accurate as Householder QR's, from X's rows.
 

@@ -170,10 +170,23 @@ def summarize(
     llf = -n / 2 * (math.log(2 * math.pi) + math.log(ssr / n) + 1) + 0.5 * info["log_w_sum"]
     k = df_model + k_const
     return RegressionSummary(
-        names=_names(est, p), params=params, bse=np.asarray(se, dtype=np.float64),
-        df_resid=df_resid, df_model=df_model, nobs=n, rsquared=rsq, rsquared_adj=rsq_adj,
-        fvalue=fvalue, f_pvalue=f_pvalue, llf=llf, aic=-2 * llf + 2 * k,
-        bic=-2 * llf + math.log(n) * k, scale=scale, ssr=ssr, level=level, cov_type=cov_type,
+        names=_names(est, p),
+        params=params,
+        bse=np.asarray(se, dtype=np.float64),
+        df_resid=df_resid,
+        df_model=df_model,
+        nobs=n,
+        rsquared=rsq,
+        rsquared_adj=rsq_adj,
+        fvalue=fvalue,
+        f_pvalue=f_pvalue,
+        llf=llf,
+        aic=-2 * llf + 2 * k,
+        bic=-2 * llf + math.log(n) * k,
+        scale=scale,
+        ssr=ssr,
+        level=level,
+        cov_type=cov_type,
     )
 
 
@@ -196,7 +209,8 @@ def _robust_se(
             f"[{Xn.shape[0]}, {yn.shape[0]}]"
         )
     w = (
-        np.ones(Xn.shape[0]) if sample_weight is None
+        np.ones(Xn.shape[0])
+        if sample_weight is None
         else np.asarray(to_numpy_input(sample_weight), dtype=np.float64)
     )
     sw = np.sqrt(w)

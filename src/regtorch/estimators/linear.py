@@ -249,8 +249,14 @@ class LinearRegression(_LinearBase):
 
 
 def _fit_info(
-    X: torch.Tensor, y: torch.Tensor, sw: torch.Tensor | None, coef: torch.Tensor,
-    xo: torch.Tensor, yo: torch.Tensor, fit_intercept: bool, state: GramState | None,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    sw: torch.Tensor | None,
+    coef: torch.Tensor,
+    xo: torch.Tensor,
+    yo: torch.Tensor,
+    fit_intercept: bool,
+    state: GramState | None,
     block_rows: int = 8192,
 ) -> dict[str, Any]:
     """Residual and total sums of squares the statistics need, in float64."""
@@ -277,7 +283,10 @@ def _fit_info(
 
 
 def _info_dict(
-    X: torch.Tensor, w: torch.Tensor | None, sse: torch.Tensor, sst: torch.Tensor,
+    X: torch.Tensor,
+    w: torch.Tensor | None,
+    sse: torch.Tensor,
+    sst: torch.Tensor,
     xo: torch.Tensor,
 ) -> dict[str, Any]:
     n = int(X.shape[0])
