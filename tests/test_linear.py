@@ -233,3 +233,40 @@ def test_cuda_matches_cpu(Est, kw):
     cpu = Est(**kw).fit(X_DIA, Y_DIA)
     gpu = Est(device="cuda", **kw).fit(X_DIA, Y_DIA)
     assert rel_err(gpu.coef_, cpu.coef_) < 1e-8
+
+
+def test_constant_column_with_weights_is_rank_deficient_not_huge():
+    rng = np.random.default_rng(3)
+    n = 40_000  # large enough for the Cholesky path
+    X = rng.normal(size=(n, 6))
+    X[:, 3] = 1.0 / 3.0
+    y = X @ np.arange(1.0, 7.0) + rng.normal(size=n)
+    w = rng.uniform(0.5, 2.0, size=n)
+    with pytest.warns(RankWarning, match="rank 5 < 6"):
+        ours = LinearRegression(solver="cholesky").fit(X, y, sample_weight=w)
+    ref = sk.LinearRegression().fit(X, y, sample_weight=w)
+    assert abs(ours.coef_[3]) < 1e-8
+    np.testing.assert_allclose(ours.predict(X), ref.predict(X), rtol=1e-10, atol=1e-9)
+    ridge = Ridge(alpha=1.0).fit(X, y, sample_weight=w)
+    assert abs(ridge.coef_[3]) < 1e-8
+
+
+def test_nan_parameters_and_non_bool_flags_are_rejected():
+    X, y = np.ones((3, 2)), [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="'alpha' parameter must be a number, not NaN"):
+        Ridge(alpha=np.nan).fit(X, y)
+    with pytest.raises(ValueError, match="'alpha' parameter must be a number, not NaN"):
+        ElasticNet(alpha=np.nan).fit(X, y)
+    with pytest.raises(ValueError, match="'positive' parameter must be one of"):
+        Lasso(positive="no").fit(X, y)
+
+
+def test_elastic_net_warm_start_with_changed_number_of_targets():
+    m = ElasticNet(alpha=0.1, warm_start=True).fit(X_MR, Y_MR[:, 0])
+    m.fit(X_MR, Y_MR[:, :2])
+    ref = sk.ElasticNet(alpha=0.1, tol=1e-14, max_iter=100_000).fit(X_MR, Y_MR[:, :2])
+    assert rel_err(m.coef_, ref.coef_) < 1e-6
+
+
+def test_no_intercept_gives_scalar_zero_intercept():
+    assert LinearRegression(fit_intercept=False).fit(X_MR, Y_MR).intercept_ == 0.0

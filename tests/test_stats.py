@@ -143,3 +143,25 @@ def test_summary_errors_are_clear():
     g = LinearRegression(solver="lbfgs").fit(X_D, Y_D)
     with pytest.raises(ValueError, match="full-rank closed-form fit"):
         g.summary()
+
+
+def test_robust_se_checks_weights_and_counts_zero_weight_rows_out():
+    w = W_D.copy()
+    w[:40] = 0.0
+    m = LinearRegression().fit(X_D, Y_D, sample_weight=w)
+    kept = w > 0
+    ref = sm.WLS(Y_D[kept], sm.add_constant(X_D[kept]), weights=w[kept]).fit(cov_type="HC1")
+    np.testing.assert_allclose(
+        m.summary(cov_type="HC1", X=X_D, y=Y_D, sample_weight=w).bse, ref.bse, rtol=1e-8
+    )
+    with pytest.raises(ValueError, match="must be the training data"):
+        m.summary(cov_type="HC0", X=X_D, y=Y_D)
+    with pytest.raises(ValueError, match="sample_weight"):
+        m.summary(cov_type="HC0", X=X_D, y=Y_D, sample_weight=w[:-1])
+
+
+def test_single_column_2d_target_has_a_summary():
+    m = LinearRegression().fit(X_D, Y_D.reshape(-1, 1))
+    ref = sm.OLS(Y_D, sm.add_constant(X_D)).fit()
+    np.testing.assert_allclose(m.summary().bse, ref.bse, rtol=1e-8)
+    assert m.predict_interval(X_D[:3]).shape == (3, 3)

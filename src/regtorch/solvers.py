@@ -176,9 +176,17 @@ def gram_state(
     W = float(A[-1, -1])
     if fit_intercept and W > 0:
         mx, my = sx / W, sy / W
+        raw = G.diagonal().clone()
         G -= W * torch.outer(mx, mx)
         Xty -= W * torch.outer(mx, my)
         yty -= W * my.square()
+        # A constant column centres to zero; the correction leaves round-off there, which
+        # column scaling would blow up. Zero it exactly, so it is seen as rank deficient.
+        const = G.diagonal() <= raw * (max(n, 1) * torch.finfo(G.dtype).eps)
+        if bool(const.any()):
+            G[const, :] = 0.0
+            G[:, const] = 0.0
+            Xty[const, :] = 0.0
         return GramState(G, Xty, yty, xs + mx, ys + my, W)
     return GramState(G, Xty, yty, xs, ys, W)
 

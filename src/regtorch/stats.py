@@ -117,7 +117,7 @@ def _factor(est: Any) -> torch.Tensor:
 
 
 def _check_single_target(est: Any) -> None:
-    if np.ndim(est.coef_) != 1:
+    if np.ndim(est.coef_) != 1 and np.shape(est.coef_)[0] != 1:
         raise ValueError("summary() and predict_interval() support one target; fit one per column.")
 
 
@@ -153,7 +153,7 @@ def summarize(
     eye = torch.eye(p, dtype=R.dtype, device=R.device)
     Rinv = torch.linalg.solve_triangular(R, eye, upper=True)  # (p, p)
     xo = torch.as_tensor(info["X_offset"], dtype=R.dtype, device=R.device)
-    params = np.concatenate([[est.intercept_] if k_const else [], np.asarray(est.coef_)])
+    params = np.concatenate([np.ravel(est.intercept_)[:1] if k_const else [], np.ravel(est.coef_)])
     if cov_type == "nonrobust":
         se_b = Rinv.square().sum(1).sqrt() * math.sqrt(scale)
         se = se_b.cpu().numpy()
@@ -208,13 +208,17 @@ def _robust_se(
             f"Found input variables with inconsistent numbers of samples: "
             f"[{Xn.shape[0]}, {yn.shape[0]}]"
         )
-    w = (
-        np.ones(Xn.shape[0])
-        if sample_weight is None
-        else np.asarray(to_numpy_input(sample_weight), dtype=np.float64)
-    )
+    from regtorch.estimators._base import check_sample_weight
+
+    w = check_sample_weight(sample_weight, Xn)
+    info = est._fit_info
+    if int((w > 0).sum()) != info["n_eff"] or not np.isclose(w.sum(), info["sw_sum"], rtol=1e-9):
+        raise ValueError(
+            "X, y and sample_weight passed to summary() must be the training data the model "
+            "was fitted on (the weights differ from the fit's)."
+        )
     sw = np.sqrt(w)
-    resid = (yn - est.predict(Xn)) * sw
+    resid = (yn - np.ravel(est.predict(Xn))) * sw
     Z = Xn if not est.fit_intercept else np.column_stack([np.ones(len(Xn)), Xn])
     Zt = torch.as_tensor(Z * sw[:, None])
     Q, R = torch.linalg.qr(Zt, mode="reduced")
@@ -227,7 +231,8 @@ def _robust_se(
     A = Rinv @ (Q * e.unsqueeze(1)).mT  # (k, n); Cov = A A'
     se = A.square().sum(1).sqrt().numpy()
     if cov_type == "HC1":
-        se = se * math.sqrt(n / (n - k))
+        n_eff = int((w > 0).sum())  # zero-weight rows are not observations
+        se = se * math.sqrt(n_eff / (n_eff - k))
     return se
 
 
@@ -252,6 +257,6 @@ def predict_interval(est: Any, X: Any, level: float = 0.95, kind: str = "confide
         var_mean = var_mean + s.scale / info["sw_sum"]
     var = var_mean + (s.scale if kind == "prediction" else 0.0)
     q = sps.t.ppf(1 - (1 - level) / 2, s.df_resid)
-    pred = est.predict(Xn)
+    pred = np.ravel(est.predict(Xn))
     half = q * np.sqrt(var)
     return np.column_stack([pred, pred - half, pred + half])

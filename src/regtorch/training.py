@@ -180,6 +180,7 @@ class ProgressBar(Callback):
 
     def on_train_begin(self, state: TrainState) -> None:
         self.every = self._every or max(1, state.epochs // 200)
+        self._shown = 0
         if not (self.force or sys.stderr.isatty()):
             return
         from tqdm.auto import tqdm

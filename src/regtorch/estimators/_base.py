@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, cast
 
 import numpy as np
@@ -54,15 +55,20 @@ def validate_fit_input(
     y2 = y.reshape(-1, 1) if y_1d else y
     sw = None
     if sample_weight is not None:
-        sw_np = _check_sample_weight(to_numpy_input(sample_weight), X, dtype=X.dtype)
-        if np.any(sw_np < 0):
-            raise ValueError("Negative values in data passed to `sample_weight`")
-        sw = torch.as_tensor(sw_np)
+        sw = torch.as_tensor(check_sample_weight(sample_weight, X).astype(X.dtype))
     dev = resolve_device(device)
     # np.require copies only read-only or non-contiguous input (torch wants it writable)
     Xt = torch.as_tensor(np.require(X, requirements=["C", "W"])).to(dev)
     yt = torch.as_tensor(np.require(y2, dtype=X.dtype, requirements=["C", "W"])).to(dev)
     return Xt, yt, None if sw is None else sw.to(dev), y_1d
+
+
+def check_sample_weight(sample_weight: Any, X: np.ndarray) -> np.ndarray:
+    """scikit-learn's sample_weight checks plus a clear error for negative weights."""
+    sw = _check_sample_weight(to_numpy_input(sample_weight), X, dtype=np.float64)
+    if np.any(sw < 0):
+        raise ValueError("Negative values in data passed to `sample_weight`")
+    return sw
 
 
 def validate_predict_input(est: Any, X: Any, dtype: Any = np.float64) -> np.ndarray:
@@ -92,6 +98,10 @@ def check_param(
     if not isinstance(value, kind):
         raise ValueError(f"The '{name}' parameter must be of type {kind}. Got {value!r} instead.")
     v = float(cast(float, value))
+    if math.isnan(v):
+        raise ValueError(
+            f"The '{name}' parameter must be a number, not NaN. Got {value!r} instead."
+        )
     if low is not None and (v < low or (low_open and v == low)):
         bound = f"> {low}" if low_open else f">= {low}"
         raise ValueError(f"The '{name}' parameter must be {bound}. Got {value!r} instead.")

@@ -35,10 +35,11 @@ class _LinearBase(RegressorMixin, BaseEstimator):
         # coef: (p, k) -> scikit-learn's (k, p), or (p,) for 1-D y
         W = coef.mT.detach().cpu().to(torch.float64).numpy()
         b = (yo - xo @ coef).detach().cpu().to(torch.float64).numpy()
-        if not self.fit_intercept:
-            b = np.zeros_like(b)
         self.coef_ = W[0] if y_1d else W
-        self.intercept_ = float(b[0]) if y_1d else b
+        if not self.fit_intercept:
+            self.intercept_: float | np.ndarray = 0.0  # scikit-learn's convention
+        else:
+            self.intercept_ = float(b[0]) if y_1d else b
 
     def predict(self, X: Any) -> np.ndarray:
         """Predict targets for ``X``; float64, shape ``(n_samples,)`` or ``(n, n_targets)``."""
@@ -412,6 +413,8 @@ class ElasticNet(_LinearBase):
         check_param("l1_ratio", self.l1_ratio, kind=numbers.Real, low=0, high=1)
         check_param("max_iter", self.max_iter, kind=numbers.Integral, low=1)
         check_param("tol", self.tol, kind=numbers.Real, low=0)
+        for flag in ("fit_intercept", "positive", "warm_start"):
+            check_param(flag, getattr(self, flag), kind=bool, options=(True, False))
         Xt, yt, sw, y_1d = validate_fit_input(self, X, y, sample_weight, device=self.device)
         n, p = Xt.shape
         k = yt.shape[1]
@@ -429,7 +432,7 @@ class ElasticNet(_LinearBase):
         n_iters, gaps = [], []
         for j in range(k):
             init = None
-            if prev is not None and np.shape(prev)[-1] == p:
+            if prev is not None and np.atleast_2d(prev).shape == (k, p):
                 init = torch.as_tensor(np.atleast_2d(prev)[j], dtype=Xt.dtype, device=Xt.device)
             wj, it, gap = elastic_net(
                 G,
