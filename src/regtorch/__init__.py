@@ -15,6 +15,7 @@ _LAZY = {
     "Ridge": "regtorch.estimators.linear",
     "Lasso": "regtorch.estimators.linear",
     "ElasticNet": "regtorch.estimators.linear",
+    "MLPRegressor": "regtorch.estimators.mlp",
     "History": "regtorch.training",
     "train": "regtorch.training",
     "make_line": "regtorch.datasets",

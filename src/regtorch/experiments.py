@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from regtorch.callbacks import ProgressBar
 from regtorch.datasets import ReferenceData, make_line, make_sine
 from regtorch.metrics import mean_squared_error, r2_score
 from regtorch.modules import MLP, LinearModule
-from regtorch.training import Callback, History, ProgressBar, train
+from regtorch.training import Callback, History, train
 
 __all__ = ["REFERENCE_EPOCHS", "run_demo", "run_fast_sine", "run_reference"]
 

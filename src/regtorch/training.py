@@ -1,7 +1,8 @@
-"""The training loop, its ``History`` and callbacks. Knows nothing of scikit-learn.
+"""The training loop, its ``History`` and the callback protocol. Knows nothing of scikit-learn.
 
-The hot path keeps losses on the device (no ``.item()`` per step); callbacks that need a
-number ask for it through ``TrainState`` only on the epochs they run.
+The hot path keeps losses on the device (no ``.item()`` per step within an epoch); callbacks
+that need a number ask for it through ``TrainState``. Ready-made callbacks (logging,
+progress bar, early stopping, checkpoints) live in :mod:`regtorch.callbacks`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,9 +24,8 @@ from regtorch._validation import check_X_y_tensors, resolve_device
 __all__ = [
     "Callback",
     "History",
-    "LoggingCallback",
-    "ProgressBar",
     "TrainState",
+    "TrainingDivergedError",
     "init_module",
     "make_loss",
     "make_optimizer",
@@ -63,6 +63,7 @@ class History:
     val_loss: list[float] = field(default_factory=list)
     time: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
+    interrupted: bool = False  # stopped by Ctrl-C
 
     def __len__(self) -> int:
         return len(self.train_loss)
@@ -80,28 +81,45 @@ class History:
         finite = [v if math.isfinite(v) else math.inf for v in losses]
         return min(range(len(finite)), key=finite.__getitem__)
 
-    def to_dict(self) -> dict[str, list[float]]:
+    def to_dict(self) -> dict[str, Any]:
         """Plain lists, ready for JSON."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Sequence[float]]) -> History:
+    def from_dict(cls, d: dict[str, Any]) -> History:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{k: [float(v) for v in d.get(k, [])] for k in cls.__dataclass_fields__})
+        lists = {
+            k: [float(v) for v in d.get(k, [])] for k in ("train_loss", "val_loss", "time", "lr")
+        }
+        return cls(**lists, interrupted=bool(d.get("interrupted", False)))
+
+
+class TrainingDivergedError(ValueError):
+    """The loss became NaN or infinite; ``history`` holds the epochs before it."""
+
+    def __init__(self, message: str, history: History) -> None:
+        super().__init__(message)
+        self.history = history
 
 
 @dataclass
 class TrainState:
-    """What a callback sees at the end of an epoch."""
+    """What a callback sees: the loop's objects and the record so far."""
 
     epoch: int  # 0-based index of the epoch that just ended
     epochs: int
     module: nn.Module
     optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    generator: torch.Generator
     start_time: float
+    callbacks: Sequence[Callback]
     _train_buf: torch.Tensor
     _val_buf: torch.Tensor | None
+    times: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
     stop: bool = False
+    aborted: bool = False  # Ctrl-C or divergence: the loop's objects are mid-epoch
 
     @property
     def train_loss(self) -> float:
@@ -117,6 +135,29 @@ class TrainState:
     def elapsed(self) -> float:
         """Seconds since training started."""
         return time.perf_counter() - self.start_time
+
+    def history(self, n_epochs: int | None = None) -> History:
+        """The History of the first ``n_epochs`` epochs (default: up to this one)."""
+        done = self.epoch + 1 if n_epochs is None else n_epochs
+        return History(
+            train_loss=self._train_buf[:done].tolist(),
+            val_loss=[] if self._val_buf is None else self._val_buf[:done].tolist(),
+            time=self.times[:done],
+            lr=self.lrs[:done],
+        )
+
+    def payload(self) -> dict[str, Any]:
+        """Everything an exact resume after this epoch needs (see ``regtorch.checkpoint``)."""
+        return {
+            "epoch": self.epoch + 1,
+            "epochs": self.epochs,
+            "module": dict(self.module.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": self.history().to_dict(),
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+        }
 
 
 class Callback:
@@ -134,73 +175,14 @@ class Callback:
         """
 
     def on_train_end(self, state: TrainState) -> None:
-        """Called once after the last epoch."""
+        """Called once after the last epoch (also after Ctrl-C or divergence)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """State to keep in checkpoints (tensors and JSON values)."""
+        return {}
 
-class LoggingCallback(Callback):
-    """Log (or hand to ``sink``) the losses every ``every`` epochs."""
-
-    def __init__(self, every: int = 100, sink: Callable[[str], None] | None = None) -> None:
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        self.every = every
-        self.sink = sink
-        self.lines: list[str] = []
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        line = f"epoch {state.epoch + 1}/{state.epochs} train_loss {state.train_loss:.6g}"
-        if state.val_loss is not None:
-            line += f" val_loss {state.val_loss:.6g}"
-        self.lines.append(line)
-        if self.sink is not None:
-            self.sink(line)
-        else:
-            logger.info(line)
-
-
-class ProgressBar(Callback):
-    """A tqdm progress bar (epoch, loss, validation loss, rate), shown only in a terminal.
-
-    Parameters
-    ----------
-    every : int or None
-        Update every this many epochs; None picks about 200 updates per run.
-    force : bool
-        Show the bar even when stderr is not a terminal.
-    desc : str
-        Label shown before the bar.
-    """
-
-    def __init__(self, every: int | None = None, force: bool = False, desc: str = "train") -> None:
-        self._every = every
-        self.force = force
-        self.desc = desc
-        self._bar: Any = None
-        self._shown = 0
-
-    def on_train_begin(self, state: TrainState) -> None:
-        self.every = self._every or max(1, state.epochs // 200)
-        self._shown = 0
-        if not (self.force or sys.stderr.isatty()):
-            return
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(total=state.epochs, desc=self.desc, unit="epoch", leave=False)
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        if self._bar is None:
-            return
-        self._bar.update(state.epoch + 1 - self._shown)
-        self._shown = state.epoch + 1
-        post = {"loss": f"{state.train_loss:.4g}"}
-        if state.val_loss is not None:
-            post["val"] = f"{state.val_loss:.4g}"
-        self._bar.set_postfix(post, refresh=False)
-
-    def on_train_end(self, state: TrainState) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
 
 def init_module(module: nn.Module, seed: int) -> nn.Module:
@@ -342,6 +324,8 @@ def train(
     dtype: torch.dtype = torch.float32,
     callbacks: Sequence[Callback] = (),
     num_threads: int | None = None,
+    resume_from: str | os.PathLike[str] | None = None,
+    init: bool = True,
 ) -> History:
     """Train ``module`` on ``(X, y)`` and return its :class:`History`.
 
@@ -384,10 +368,25 @@ def train(
         E.g. :class:`LoggingCallback`, :class:`ProgressBar`.
     num_threads : int or None
         Torch intra-op threads during training; None uses one thread for tiny models.
+    init : bool
+        With a ``seed``, re-initialise the weights (False continues from the current
+        weights; the seed then fixes only the batch order).
+    resume_from : path, optional
+        A checkpoint written by :class:`regtorch.callbacks.Checkpoint` during a run with the
+        same arguments: training continues after its epoch and ends exactly as the
+        uninterrupted run would (same weights, same History).
 
     Returns
     -------
     History
+        ``interrupted`` is True if Ctrl-C stopped the run; the module then keeps the weights
+        of the last completed epoch (or the best ones, with early stopping).
+
+    Raises
+    ------
+    TrainingDivergedError
+        When the training loss becomes NaN or infinite; the module keeps the weights of the
+        last epoch with a finite loss.
 
     Examples
     --------
@@ -416,11 +415,10 @@ def train(
                 f"the training data has {Xt.shape[1]} and {yt.shape[1]}."
             )
 
-    if seed is not None:
+    if seed is not None and init and resume_from is None:
         init_module(module, int(seed))
-    module.to(
-        device=dev, dtype=dtype
-    )  # before the optimizer, whose fused kernels look at the parameters' device
+    # before the optimizer, whose fused kernels look at the parameters' device
+    module.to(device=dev, dtype=dtype)
     loss_fn = make_loss(loss)
     opt = make_optimizer(optimizer, module.parameters(), lr, weight_decay)
     sched = make_scheduler(lr_schedule, opt, int(epochs))
@@ -429,54 +427,85 @@ def train(
     gen = torch.Generator().manual_seed(int(seed) if seed is not None else 0)
     if seed is None:
         gen.seed()
+    state = TrainState(
+        0,
+        int(epochs),
+        module,
+        opt,
+        sched,
+        gen,
+        time.perf_counter(),
+        callbacks,
+        torch.zeros(int(epochs), dtype=torch.float64, device=dev),
+        None if Xv is None else torch.zeros(int(epochs), dtype=torch.float64, device=dev),
+    )
+    start = 0 if resume_from is None else _restore(state, resume_from, lr_schedule)
     threads = num_threads if num_threads is not None else _auto_threads(module, bs)
     with _num_threads(threads):
-        return _run(
-            module,
-            Xt,
-            yt,
-            Xv,
-            yv,
-            loss_fn,
-            opt,
-            sched,
-            int(epochs),
-            bs,
-            gen,
-            callbacks,
-            penalty,
-            tol,
+        return _run(state, start, Xt, yt, Xv, yv, loss_fn, bs, penalty, tol, lr)
+
+
+def _restore(state: TrainState, path: str | os.PathLike[str], lr_schedule: str | None) -> int:
+    """Load a checkpoint into the loop's objects; return the epoch to start from."""
+    from regtorch.checkpoint import CheckpointError, load_checkpoint
+
+    ck = load_checkpoint(path)
+    if int(ck["epochs"]) != state.epochs:
+        raise CheckpointError(
+            f"Checkpoint {path} belongs to a run of {ck['epochs']} epochs, not {state.epochs}: "
+            "resume with the same arguments."
         )
+    try:
+        state.module.load_state_dict(ck["module"])
+        opt_state = ck["optimizer"]
+        opt_state["state"] = {int(k): v for k, v in opt_state["state"].items()}
+        state.optimizer.load_state_dict(opt_state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"Checkpoint {path} does not fit this model: {exc}") from exc
+    if state.scheduler is not None:
+        if ck["scheduler"] is None:
+            raise CheckpointError(
+                f"Checkpoint {path} was written without lr_schedule={lr_schedule!r}."
+            )
+        state.scheduler.load_state_dict(ck["scheduler"])
+    state.generator.set_state(ck["generator"])
+    hist = History.from_dict(ck["history"])
+    done = int(ck["epoch"])
+    state._train_buf[:done] = torch.tensor(hist.train_loss, dtype=torch.float64)
+    if state._val_buf is not None and hist.val_loss:
+        state._val_buf[:done] = torch.tensor(hist.val_loss, dtype=torch.float64)
+    state.times.extend(hist.time)
+    state.lrs.extend(hist.lr)
+    state.start_time -= hist.time[-1] if hist.time else 0.0
+    for cb, cb_state in zip(state.callbacks, ck["callbacks"]):
+        cb.load_state_dict(cb_state)
+    return done
 
 
 def _run(
-    module: nn.Module,
+    state: TrainState,
+    start: int,
     X: torch.Tensor,
     y: torch.Tensor,
     Xv: torch.Tensor | None,
     yv: torch.Tensor | None,
     loss_fn: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LRScheduler | None,
-    epochs: int,
     bs: int,
-    gen: torch.Generator,
-    callbacks: Sequence[Callback],
-    penalty: Callable[[nn.Module], torch.Tensor] | None = None,
-    tol: float | None = None,
+    penalty: Callable[[nn.Module], torch.Tensor] | None,
+    tol: float | None,
+    lr: float,
 ) -> History:
+    module, opt, sched, gen = state.module, state.optimizer, state.scheduler, state.generator
+    train_buf, val_buf = state._train_buf, state._val_buf
+    epochs = state.epochs
     dev = X.device
     n = X.shape[0]
-    train_buf = torch.zeros(epochs, dtype=torch.float64, device=dev)
-    val_buf = None if Xv is None else torch.zeros(epochs, dtype=torch.float64, device=dev)
-    times: list[float] = []
-    lrs: list[float] = []
-    start = time.perf_counter()
-    state = TrainState(0, epochs, module, opt, start, train_buf, val_buf)
-    for cb in callbacks:
-        cb.on_train_begin(state)
     full_batch = bs >= n
     is_lbfgs = isinstance(opt, torch.optim.LBFGS)
+    params: list[torch.Tensor] = list(module.parameters())
+    submodules = list(module.modules())
+    good = [p.detach().clone() for p in params]  # the last weights certified finite
+    cand = [p.detach().clone() for p in params]  # this epoch's starting weights
 
     def objective(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         out = loss_fn(module(xb), yb)
@@ -488,58 +517,107 @@ def _run(
         out.backward()
         return out
 
+    for cb in state.callbacks:
+        cb.on_train_begin(state)
     prev_loss = math.inf
-
-    done = 0
-    for epoch in range(epochs):
-        module.train()
-        lrs.append(float(opt.param_groups[0]["lr"]))
-        if is_lbfgs:
-            step_closure = cast(Callable[[], float], closure)  # torch's stub says float
-            train_buf[epoch] = cast(torch.Tensor, opt.step(step_closure)).detach()
-        elif full_batch:
-            train_buf[epoch] = closure().detach()
-            opt.step()
-        else:
-            perm = torch.randperm(n, generator=gen).to(dev)
-            Xp, yp = X[perm], y[perm]
-            total = torch.zeros((), dtype=torch.float64, device=dev)
-            for i in range(0, n, bs):
-                xb, yb = Xp[i : i + bs], yp[i : i + bs]
-                opt.zero_grad(set_to_none=True)
-                out = objective(xb, yb)
-                out.backward()
+    done = start
+    interrupted = False
+    try:
+        for epoch in range(start, epochs):
+            _set_mode(submodules, True)
+            state.lrs.append(float(opt.param_groups[0]["lr"]))
+            if is_lbfgs:
+                step_closure = cast(Callable[[], float], closure)  # torch's stub says float
+                train_buf[epoch] = cast(torch.Tensor, opt.step(step_closure)).detach()
+            elif full_batch:
+                train_buf[epoch] = closure().detach()
                 opt.step()
-                total += out.detach() * xb.shape[0]
-            train_buf[epoch] = total / n
-        if sched is not None:
-            sched.step()
-        if Xv is not None and val_buf is not None and yv is not None:
-            module.eval()
-            with torch.inference_mode():
-                v = loss_fn(module(Xv), yv)
-            val_buf[epoch] = v
-        times.append(time.perf_counter() - start)
-        done = epoch + 1
-        state.epoch = epoch
-        last = epoch == epochs - 1
-        for cb in callbacks:
-            if last or (epoch + 1) % max(1, cb.every) == 0:
-                cb.on_epoch_end(state)
-        if tol is not None:
-            cur = float(train_buf[epoch])
-            if abs(prev_loss - cur) <= tol * max(abs(cur), 1e-300):
+            else:
+                perm = torch.randperm(n, generator=gen).to(dev)
+                Xp, yp = X[perm], y[perm]
+                total = torch.zeros((), dtype=torch.float64, device=dev)
+                for i in range(0, n, bs):
+                    xb, yb = Xp[i : i + bs], yp[i : i + bs]
+                    opt.zero_grad(set_to_none=True)
+                    out = objective(xb, yb)
+                    out.backward()
+                    opt.step()
+                    total += out.detach() * xb.shape[0]
+                train_buf[epoch] = total / n
+            if sched is not None:
+                sched.step()
+            cur = float(train_buf[epoch])  # one sync per epoch, for the divergence check
+            state.epoch = epoch
+            if not math.isfinite(cur):
+                _diverged(state, epoch, cur, good, params, lr)
+            # a finite loss certifies the weights it was computed from: those at this
+            # epoch's start, copied into `cand` at the previous epoch's end
+            good, cand = cand, good
+            if Xv is not None and val_buf is not None and yv is not None:
+                _set_mode(submodules, False)
+                with torch.inference_mode():
+                    val_buf[epoch] = loss_fn(module(Xv), yv)
+            state.times.append(state.elapsed)
+            torch._foreach_copy_(cand, [p.detach() for p in params])
+            done = epoch + 1
+            last = epoch == epochs - 1
+            for cb in state.callbacks:
+                if last or (epoch + 1) % max(1, cb.every) == 0:
+                    cb.on_epoch_end(state)
+            if tol is not None:
+                if abs(prev_loss - cur) <= tol * max(abs(cur), 1e-300):
+                    break
+                prev_loss = cur
+            if state.stop:
                 break
-            prev_loss = cur
-        if state.stop:
-            break
+    except KeyboardInterrupt:
+        # Ctrl-C: keep the weights of the last completed epoch; callbacks may restore better
+        interrupted = True
+        state.aborted = True
+        with torch.no_grad():
+            torch._foreach_copy_(params, cand)  # the weights after the last completed epoch
+        state.epoch = max(done - 1, 0)
+        del state.lrs[done:]
+    if (
+        not interrupted
+        and done > start
+        and not bool(torch.stack(torch._foreach_norm(params)).isfinite().all())
+    ):
+        _diverged(state, done - 1, math.nan, good, params, lr)
     module.eval()
-    for cb in callbacks:
+    for cb in state.callbacks:
         cb.on_train_end(state)
-    history = History(
-        train_loss=train_buf[:done].tolist(),
-        val_loss=[] if val_buf is None else val_buf[:done].tolist(),
-        time=times,
-        lr=lrs,
-    )
+    history = state.history(done)
+    history.interrupted = interrupted
     return history
+
+
+def _set_mode(modules: list[nn.Module], training: bool) -> None:
+    """``module.train(training)`` without its per-call overhead (a hot-path cost for tiny
+    models): the flag is set directly on every submodule."""
+    for m in modules:
+        m.__dict__["training"] = training
+
+
+def _diverged(
+    state: TrainState,
+    epoch: int,
+    loss: float,
+    good: list[torch.Tensor],
+    params: list[torch.Tensor],
+    lr: float,
+) -> None:
+    """Restore the last finite weights, close the callbacks, raise a clear error."""
+    with torch.no_grad():
+        torch._foreach_copy_(params, good)
+    state.module.eval()
+    state.aborted = True
+    state.epoch = max(epoch - 1, 0)
+    for cb in state.callbacks:
+        cb.on_train_end(state)
+    raise TrainingDivergedError(
+        f"Training diverged at epoch {epoch + 1}: the loss became {loss}. Lower the learning "
+        f"rate (it was {lr:g}) or standardise the inputs and targets; the model keeps the "
+        "last weights that gave a finite loss.",
+        state.history(epoch),
+    )

@@ -1,0 +1,110 @@
+"""Training checkpoints: safetensors for tensors, JSON (in the safetensors header) for the rest.
+
+A checkpoint holds what an exact resume needs: the module's weights, the optimizer's state,
+the scheduler's position, the batch-order generator, the history so far and the callbacks'
+state. Files are written atomically; a truncated or altered file is refused with a clear
+error, never half-loaded. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from regtorch._files import write_bytes_atomic
+
+__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
+
+FORMAT = "regtorch-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, altered or of another format."""
+
+
+def _flatten(prefix: str, obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move tensors (also inside lists and dicts) into ``tensors``; return a JSON skeleton."""
+    if isinstance(obj, torch.Tensor):
+        name = f"{prefix}"
+        tensors[name] = obj.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": name}
+    if isinstance(obj, dict):
+        return {str(k): _flatten(f"{prefix}.{k}", v, tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(f"{prefix}.{i}", v, tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+        return {"__float__": "nan"}
+    return obj
+
+
+def _unflatten(skel: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skel, dict):
+        if "__tensor__" in skel:
+            return tensors[skel["__tensor__"]]
+        if "__float__" in skel:
+            return float(skel["__float__"])
+        return {k: _unflatten(v, tensors) for k, v in skel.items()}
+    if isinstance(skel, list):
+        return [_unflatten(v, tensors) for v in skel]
+    return skel
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (nested dicts/lists of tensors and JSON values) atomically."""
+    from safetensors.torch import save
+
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten("ckpt", payload, tensors)
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "payload": skeleton}
+    data = save(tensors, metadata={"regtorch": json.dumps(meta)})
+    return write_bytes_atomic(path, data)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, truncated, not a regtorch checkpoint, or holds non-finite
+        weights.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"Checkpoint {p} does not exist.")
+    raw = p.read_bytes()
+    try:
+        if len(raw) < 8:
+            raise ValueError("file shorter than the safetensors header")
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + header_len])
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        if 8 + header_len + max(ends, default=0) != len(raw):
+            raise ValueError(
+                f"{len(raw)} bytes, but the header describes {8 + header_len + max(ends, default=0)}"
+            )
+        tensors = load(raw)
+        meta = json.loads(header["__metadata__"]["regtorch"])
+    except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"Checkpoint {p} is truncated or corrupt ({exc}); it was not loaded. Resume from "
+            "an earlier checkpoint or start again."
+        ) from exc
+    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{p} is not a regtorch checkpoint of format {FORMAT_VERSION}.")
+    for name, t in tensors.items():
+        if (
+            name.startswith("ckpt.module.")
+            and t.is_floating_point()
+            and not bool(torch.isfinite(t).all())
+        ):
+            raise CheckpointError(f"Checkpoint {p} holds non-finite weights in {name}.")
+    return dict(_unflatten(meta["payload"], tensors))
