@@ -95,6 +95,9 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
     True
     """
 
+    module_: Any  # learned attributes, declared for the type checker
+    _n_outputs: int
+
     def __init__(
         self,
         hidden_layer_sizes: tuple[int, ...] = (32, 32, 32),
