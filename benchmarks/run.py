@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 ENTRIES = {
     "reference": "bench_reference",
     "linear": "bench_linear",
+    "mlp": "bench_mlp",
 }
 
 

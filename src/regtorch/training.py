@@ -517,6 +517,10 @@ def _run(
         out.backward()
         return out
 
+    n_steps = -(-n // bs)
+    step_loss = torch.zeros(n_steps, dtype=torch.float64, device=dev)
+    step_rows = torch.full((n_steps,), float(bs), dtype=torch.float64, device=dev)
+    step_rows[-1] = n - bs * (n_steps - 1)
     for cb in state.callbacks:
         cb.on_train_begin(state)
     prev_loss = math.inf
@@ -534,16 +538,15 @@ def _run(
                 opt.step()
             else:
                 perm = torch.randperm(n, generator=gen).to(dev)
-                Xp, yp = X[perm], y[perm]
-                total = torch.zeros((), dtype=torch.float64, device=dev)
-                for i in range(0, n, bs):
-                    xb, yb = Xp[i : i + bs], yp[i : i + bs]
+                for j, i in enumerate(range(0, n, bs)):
+                    idx = perm[i : i + bs]  # gather per batch: stays in cache, no full copy
                     opt.zero_grad(set_to_none=True)
-                    out = objective(xb, yb)
+                    out = objective(X[idx], y[idx])
                     out.backward()
                     opt.step()
-                    total += out.detach() * xb.shape[0]
-                train_buf[epoch] = total / n
+                    step_loss[j] = out.detach()
+                # mean over rows: every batch is full except perhaps the last
+                train_buf[epoch] = (step_loss @ step_rows) / n
             if sched is not None:
                 sched.step()
             cur = float(train_buf[epoch])  # one sync per epoch, for the divergence check
