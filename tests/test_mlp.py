@@ -288,3 +288,42 @@ def test_cuda_matches_quality_and_is_deterministic():
     a = MLPRegressor(random_state=0, device="cuda").fit(SINE.X_train, SINE.y_train.ravel())
     assert a.score(SINE.X_test, SINE.y_test.ravel()) >= 0.976
     assert next(a.module_.parameters()).is_cuda
+
+
+def test_real_sigint_stops_training_cleanly(tmp_path):
+    """Ctrl-C (SIGINT) in a real process: training returns, weights finite, best kept."""
+    import signal
+    import subprocess
+    import sys
+    import time as _time
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import json, sys, torch\n"
+        "from regtorch.datasets import make_sine\n"
+        "from regtorch.modules import MLP\n"
+        "from regtorch.callbacks import EarlyStopping\n"
+        "from regtorch.training import train\n"
+        "d = make_sine()\n"
+        "m = MLP(1, (16,))\n"
+        "print('ready', flush=True)\n"
+        "h = train(m, d.X_train, d.y_train, X_val=d.X_val, y_val=d.y_val, lr=0.01,\n"
+        "          epochs=10**7, seed=0, device='cpu', callbacks=[EarlyStopping(patience=10**7)])\n"
+        "with torch.no_grad():\n"
+        "    v = float(torch.nn.functional.mse_loss(m(torch.as_tensor(d.X_val)), torch.as_tensor(d.y_val)))\n"
+        "print(json.dumps({'interrupted': h.interrupted, 'epochs': len(h), 'best': min(h.val_loss), 'kept': v}))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    _time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    import json
+
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["interrupted"] and res["epochs"] > 10
+    assert res["kept"] == pytest.approx(res["best"], rel=1e-5)
+    assert "Traceback" not in err
