@@ -327,3 +327,149 @@ def test_real_sigint_stops_training_cleanly(tmp_path):
     assert res["interrupted"] and res["epochs"] > 10
     assert res["kept"] == pytest.approx(res["best"], rel=1e-5)
     assert "Traceback" not in err
+
+
+def test_resume_from_final_checkpoint_of_early_stopped_run(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 5)).astype(np.float32)
+    y = (X[:, 0] + rng.normal(size=120)).astype(np.float32)
+    kw = dict(X_val=X[:20], y_val=y[:20], lr=0.01, epochs=300, seed=0, device="cpu")
+    ck = tmp_path / "es.ckpt"
+    a = MLP(5, (64, 64))
+    h = train(
+        a, X[20:], y[20:], callbacks=[EarlyStopping(patience=10), Checkpoint(ck, every=1000)], **kw
+    )
+    assert len(h) < 300
+    b = MLP(5, (64, 64))
+    h2 = train(
+        b,
+        X[20:],
+        y[20:],
+        callbacks=[EarlyStopping(patience=10), Checkpoint(tmp_path / "x.ckpt")],
+        resume_from=ck,
+        **kw,
+    )
+    assert h2.train_loss == h.train_loss
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_resume_with_tol_stops_at_the_same_epoch(tmp_path):
+    kw = dict(lr=0.05, epochs=400, seed=1, device="cpu", tol=1e-3)
+    full = train(MLP(1, (8,)), SINE.X_train, SINE.y_train, **kw)
+    n = len(full)
+    assert n < 400
+
+    class StopAt(Callback):
+        def on_epoch_end(self, state):
+            state.stop = state.epoch == n - 2
+
+    ck = tmp_path / "t.ckpt"
+    train(
+        MLP(1, (8,)),
+        SINE.X_train,
+        SINE.y_train,
+        callbacks=[Checkpoint(ck, every=1), StopAt()],
+        **kw,
+    )
+    res = train(
+        MLP(1, (8,)),
+        SINE.X_train,
+        SINE.y_train,
+        callbacks=[Callback(), Checkpoint(tmp_path / "u.ckpt")],
+        resume_from=ck,
+        **kw,
+    )
+    assert res.train_loss == full.train_loss
+
+
+def test_divergence_with_early_stopping_on_train_loss_keeps_finite_weights():
+    X = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
+    y = X.sum(1).astype(np.float32)
+    lin = torch.nn.Linear(2, 1)
+    with pytest.raises(TrainingDivergedError):
+        train(
+            lin,
+            X,
+            y,
+            optimizer="sgd",
+            lr=1e38,
+            epochs=50,
+            seed=0,
+            device="cpu",
+            callbacks=[EarlyStopping(patience=100)],
+        )
+    assert all(bool(torch.isfinite(p).all()) for p in lin.parameters())
+    with torch.no_grad():
+        assert bool(
+            torch.isfinite(((lin(torch.as_tensor(X)).ravel() - torch.as_tensor(y)) ** 2).mean())
+        )
+
+
+def test_seed_fixes_a_bare_layer():
+    a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    from regtorch.training import init_module
+
+    init_module(a, 0)
+    init_module(b, 0)
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
+def test_checkpoint_from_another_run_is_refused(tmp_path):
+    ck = tmp_path / "a.ckpt"
+    train(
+        MLP(1, (8,)),
+        SINE.X_train,
+        SINE.y_train,
+        epochs=3,
+        seed=0,
+        device="cpu",
+        callbacks=[Checkpoint(ck, every=1)],
+    )
+    with pytest.raises(CheckpointError, match="3 epochs, not 5"):
+        train(
+            MLP(1, (8,)),
+            SINE.X_train,
+            SINE.y_train,
+            epochs=3 + 2,
+            seed=0,
+            device="cpu",
+            resume_from=ck,
+        )
+    with pytest.raises(CheckpointError, match="does not fit"):
+        train(
+            MLP(1, (4,)), SINE.X_train, SINE.y_train, epochs=3, seed=0, device="cpu", resume_from=ck
+        )
+    with pytest.raises(CheckpointError, match="validation data"):
+        train(
+            MLP(1, (8,)),
+            SINE.X_train,
+            SINE.y_train,
+            X_val=SINE.X_val,
+            y_val=SINE.y_val,
+            epochs=3,
+            seed=0,
+            device="cpu",
+            resume_from=ck,
+        )
+
+
+def test_failed_refit_leaves_the_model_as_it_was():
+    m = MLPRegressor(random_state=0, max_epochs=20).fit(SINE.X_train, SINE.y_train.ravel())
+    before = m.predict(SINE.X_test)
+    m.set_params(solver="sgd", learning_rate_init=1e9)
+    with pytest.raises(TrainingDivergedError):
+        m.fit(SINE.X_train, SINE.y_train.ravel())
+    np.testing.assert_array_equal(m.predict(SINE.X_test), before)
+
+
+def test_estimator_parameter_and_data_errors():
+    X, y = SINE.X_train, SINE.y_train.ravel()
+    with pytest.raises(ValueError, match="resume_from needs a fixed random_state"):
+        MLPRegressor().fit(X, y, resume_from="x.ckpt")
+    m = MLPRegressor(random_state=0, max_epochs=5, warm_start=True).fit(X, y)
+    with pytest.raises(ValueError, match="does not match this fit"):
+        m.fit(np.column_stack([X, X]), y)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        MLPRegressor(max_epochs=5).fit(X, y, X_val=X[:5], y_val=y[:4])
+    with pytest.raises(ValueError, match="'hidden_layer_sizes' parameter"):
+        MLPRegressor(hidden_layer_sizes=None).fit(X, y)

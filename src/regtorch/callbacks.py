@@ -165,7 +165,8 @@ class Checkpoint(Callback):
         save_checkpoint(self.path, state.payload())
         self._saved_epoch = state.epoch
 
-    def on_train_end(self, state: TrainState) -> None:
-        # after Ctrl-C or divergence the optimizer is mid-epoch: keep the last clean checkpoint
-        if self._saved_epoch != state.epoch and state.times and not state.aborted:
+    def on_train_stop(self, state: TrainState) -> None:
+        # the run as it stopped (early stopping included), before any weights are restored;
+        # after Ctrl-C or divergence this is not called: the last clean checkpoint stays
+        if self._saved_epoch != state.epoch and state.times:
             self.on_epoch_end(state)

@@ -93,7 +93,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             )
         tensors = load(raw)
         meta = json.loads(header["__metadata__"]["regtorch"])
-    except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        if not isinstance(meta, dict) or not isinstance(meta.get("payload"), dict):
+            raise ValueError("no regtorch payload in the header")
+        payload = _unflatten(meta["payload"], tensors)
+    except (
+        SafetensorError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        json.JSONDecodeError,
+    ) as exc:
         raise CheckpointError(
             f"Checkpoint {p} is truncated or corrupt ({exc}); it was not loaded. Resume from "
             "an earlier checkpoint or start again."
@@ -101,10 +111,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{p} is not a regtorch checkpoint of format {FORMAT_VERSION}.")
     for name, t in tensors.items():
-        if (
-            name.startswith("ckpt.module.")
-            and t.is_floating_point()
-            and not bool(torch.isfinite(t).all())
-        ):
-            raise CheckpointError(f"Checkpoint {p} holds non-finite weights in {name}.")
-    return dict(_unflatten(meta["payload"], tensors))
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"Checkpoint {p} holds non-finite values in {name}.")
+    return dict(payload)

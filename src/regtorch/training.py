@@ -156,7 +156,11 @@ class TrainState:
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "history": self.history().to_dict(),
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            # stateful callbacks only, by class name: a resumed run may add or drop others
+            "callbacks": [
+                [type(cb).__name__, cb.state_dict()] for cb in self.callbacks if cb.state_dict()
+            ],
+            "stopped": self.stop,
         }
 
 
@@ -173,6 +177,10 @@ class Callback:
 
         Set ``state.stop = True`` to end training after this epoch.
         """
+
+    def on_train_stop(self, state: TrainState) -> None:
+        """Called once when the epochs end normally, before any ``on_train_end`` (which may
+        restore other weights): the place to record the run as it stopped."""
 
     def on_train_end(self, state: TrainState) -> None:
         """Called once after the last epoch (also after Ctrl-C or divergence)."""
@@ -195,7 +203,8 @@ def init_module(module: nn.Module, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         for m in module.modules():
             reset = getattr(m, "reset_parameters", None)
-            if callable(reset) and m is not module:
+            # the root too when it is a bare layer (e.g. a single nn.Linear)
+            if callable(reset) and (m is not module or not any(module.children())):
                 reset()
     return module
 
@@ -436,8 +445,8 @@ def train(
         gen,
         time.perf_counter(),
         callbacks,
-        torch.zeros(int(epochs), dtype=torch.float64, device=dev),
-        None if Xv is None else torch.zeros(int(epochs), dtype=torch.float64, device=dev),
+        torch.zeros(int(epochs), dtype=_buf_dtype(dev), device=dev),
+        None if Xv is None else torch.zeros(int(epochs), dtype=_buf_dtype(dev), device=dev),
     )
     start = 0 if resume_from is None else _restore(state, resume_from, lr_schedule)
     threads = num_threads if num_threads is not None else _auto_threads(module, bs)
@@ -445,40 +454,73 @@ def train(
         return _run(state, start, Xt, yt, Xv, yv, loss_fn, bs, penalty, tol, lr)
 
 
+def _buf_dtype(dev: torch.device) -> torch.dtype:
+    """Loss records in float64, except on MPS, which has no float64."""
+    return torch.float32 if dev.type == "mps" else torch.float64
+
+
 def _restore(state: TrainState, path: str | os.PathLike[str], lr_schedule: str | None) -> int:
     """Load a checkpoint into the loop's objects; return the epoch to start from."""
     from regtorch.checkpoint import CheckpointError, load_checkpoint
 
     ck = load_checkpoint(path)
+    try:
+        return _restore_from(state, ck, path, lr_schedule)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, AttributeError, RuntimeError, ValueError, IndexError) as exc:
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit this run ({type(exc).__name__}: {exc}); it was "
+            "not loaded. Resume with the same model and arguments, or start again."
+        ) from exc
+
+
+def _restore_from(
+    state: TrainState, ck: dict[str, Any], path: str | os.PathLike[str], lr_schedule: str | None
+) -> int:
+    from regtorch.checkpoint import CheckpointError
+
     if int(ck["epochs"]) != state.epochs:
         raise CheckpointError(
             f"Checkpoint {path} belongs to a run of {ck['epochs']} epochs, not {state.epochs}: "
             "resume with the same arguments."
         )
-    try:
-        state.module.load_state_dict(ck["module"])
-        opt_state = ck["optimizer"]
-        opt_state["state"] = {int(k): v for k, v in opt_state["state"].items()}
-        state.optimizer.load_state_dict(opt_state)
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"Checkpoint {path} does not fit this model: {exc}") from exc
+    done = int(ck["epoch"])
+    hist = History.from_dict(ck["history"])
+    if not 1 <= done <= state.epochs or len(hist.train_loss) != done or len(hist.lr) != done:
+        raise CheckpointError(f"Checkpoint {path} has an inconsistent epoch count; not loaded.")
+    if (state._val_buf is None) != (not hist.val_loss):
+        raise CheckpointError(
+            f"Checkpoint {path} was written {'with' if hist.val_loss else 'without'} "
+            "validation data: resume with the same arguments."
+        )
+    saved = [(str(name), cb_state) for name, cb_state in ck["callbacks"]]
+    stateful = [cb for cb in state.callbacks if cb.state_dict()]
+    if [type(cb).__name__ for cb in stateful] != [name for name, _ in saved]:
+        raise CheckpointError(
+            f"Checkpoint {path} was written with callbacks {[n for n, _ in saved]} holding "
+            f"state; this run has {[type(cb).__name__ for cb in stateful]}: resume with the "
+            "same ones."
+        )
+    if state.scheduler is not None and ck["scheduler"] is None:
+        raise CheckpointError(f"Checkpoint {path} was written without lr_schedule={lr_schedule!r}.")
+    state.module.load_state_dict(ck["module"])
+    opt_state = ck["optimizer"]
+    opt_state["state"] = {int(k): v for k, v in opt_state["state"].items()}
+    state.optimizer.load_state_dict(opt_state)
     if state.scheduler is not None:
-        if ck["scheduler"] is None:
-            raise CheckpointError(
-                f"Checkpoint {path} was written without lr_schedule={lr_schedule!r}."
-            )
         state.scheduler.load_state_dict(ck["scheduler"])
     state.generator.set_state(ck["generator"])
-    hist = History.from_dict(ck["history"])
-    done = int(ck["epoch"])
-    state._train_buf[:done] = torch.tensor(hist.train_loss, dtype=torch.float64)
-    if state._val_buf is not None and hist.val_loss:
-        state._val_buf[:done] = torch.tensor(hist.val_loss, dtype=torch.float64)
+    state._train_buf[:done] = torch.tensor(hist.train_loss, dtype=state._train_buf.dtype)
+    if state._val_buf is not None:
+        state._val_buf[:done] = torch.tensor(hist.val_loss, dtype=state._val_buf.dtype)
     state.times.extend(hist.time)
     state.lrs.extend(hist.lr)
     state.start_time -= hist.time[-1] if hist.time else 0.0
-    for cb, cb_state in zip(state.callbacks, ck["callbacks"]):
+    for cb, (_, cb_state) in zip(stateful, saved):
         cb.load_state_dict(cb_state)
+    state.epoch = done - 1
+    state.stop = bool(ck.get("stopped", False))
     return done
 
 
@@ -523,11 +565,12 @@ def _run(
     step_rows[-1] = n - bs * (n_steps - 1)
     for cb in state.callbacks:
         cb.on_train_begin(state)
-    prev_loss = math.inf
+    prev_loss = float(train_buf[start - 1]) if start > 0 else math.inf
     done = start
+    restore = cand  # the weights of the last completed epoch, for Ctrl-C
     interrupted = False
     try:
-        for epoch in range(start, epochs):
+        for epoch in range(start, epochs if not state.stop else start):
             _set_mode(submodules, True)
             state.lrs.append(float(opt.param_groups[0]["lr"]))
             if is_lbfgs:
@@ -556,6 +599,7 @@ def _run(
             # a finite loss certifies the weights it was computed from: those at this
             # epoch's start, copied into `cand` at the previous epoch's end
             good, cand = cand, good
+            restore = good  # this epoch is not complete yet: its start is the last complete
             if Xv is not None and val_buf is not None and yv is not None:
                 _set_mode(submodules, False)
                 with torch.inference_mode():
@@ -563,6 +607,7 @@ def _run(
             state.times.append(state.elapsed)
             torch._foreach_copy_(cand, [p.detach() for p in params])
             done = epoch + 1
+            restore = cand
             last = epoch == epochs - 1
             for cb in state.callbacks:
                 if last or (epoch + 1) % max(1, cb.every) == 0:
@@ -578,21 +623,29 @@ def _run(
         interrupted = True
         state.aborted = True
         with torch.no_grad():
-            torch._foreach_copy_(params, cand)  # the weights after the last completed epoch
+            torch._foreach_copy_(params, restore)  # the weights after the last complete epoch
+            if not _all_finite(params):
+                torch._foreach_copy_(params, good)
         state.epoch = max(done - 1, 0)
         del state.lrs[done:]
-    if (
-        not interrupted
-        and done > start
-        and not bool(torch.stack(torch._foreach_norm(params)).isfinite().all())
-    ):
+    if not interrupted and done > start and not _all_finite(params):
         _diverged(state, done - 1, math.nan, good, params, lr)
     module.eval()
+    if not interrupted:
+        for cb in state.callbacks:
+            cb.on_train_stop(state)
     for cb in state.callbacks:
         cb.on_train_end(state)
+    if not _all_finite(params):  # a callback restored weights that were never certified
+        with torch.no_grad():
+            torch._foreach_copy_(params, good)
     history = state.history(done)
     history.interrupted = interrupted
     return history
+
+
+def _all_finite(params: list[torch.Tensor]) -> bool:
+    return bool(torch.stack(torch._foreach_norm(params)).isfinite().all()) if params else True
 
 
 def _set_mode(modules: list[nn.Module], training: bool) -> None:
@@ -611,13 +664,13 @@ def _diverged(
     lr: float,
 ) -> None:
     """Restore the last finite weights, close the callbacks, raise a clear error."""
-    with torch.no_grad():
-        torch._foreach_copy_(params, good)
     state.module.eval()
     state.aborted = True
     state.epoch = max(epoch - 1, 0)
     for cb in state.callbacks:
         cb.on_train_end(state)
+    with torch.no_grad():  # after the callbacks, which may restore uncertified weights
+        torch._foreach_copy_(params, good)
     raise TrainingDivergedError(
         f"Training diverged at epoch {epoch + 1}: the loss became {loss}. Lower the learning "
         f"rate (it was {lr:g}) or standardise the inputs and targets; the model keeps the "

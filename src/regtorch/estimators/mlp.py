@@ -29,6 +29,16 @@ AUTO_MINI_BATCH = 256
 AUTO_STEPS = 4000
 
 
+def _scaling(
+    X: np.ndarray, y: np.ndarray, standardize: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Means and scales of inputs and targets (zeros and ones without standardisation)."""
+    if not standardize:
+        return np.zeros(X.shape[1]), np.ones(X.shape[1]), np.zeros(y.shape[1]), np.ones(y.shape[1])
+    sx, sy = X.std(0), y.std(0)
+    return X.mean(0), np.where(sx > 0, sx, 1.0), y.mean(0), np.where(sy > 0, sy, 1.0)
+
+
 class MLPRegressor(RegressorMixin, BaseEstimator):
     """Multi-layer perceptron regressor trained with PyTorch, with fast defaults.
 
@@ -97,6 +107,10 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
 
     module_: Any  # learned attributes, declared for the type checker
     _n_outputs: int
+    x_mean_: np.ndarray
+    x_scale_: np.ndarray
+    y_mean_: np.ndarray
+    y_scale_: np.ndarray
 
     def __init__(
         self,
@@ -149,7 +163,9 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
         sizes = self.hidden_layer_sizes
         if isinstance(sizes, numbers.Integral):
             sizes = (int(sizes),)
-        if not all(isinstance(s, numbers.Integral) and s > 0 for s in sizes):
+        if not isinstance(sizes, (tuple, list)) or not all(
+            isinstance(s, numbers.Integral) and s > 0 for s in sizes
+        ):
             raise ValueError(
                 "The 'hidden_layer_sizes' parameter must be a tuple of positive ints. Got "
                 f"{self.hidden_layer_sizes!r} instead."
@@ -232,6 +248,11 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
         self._check_params()
         if (X_val is None) != (y_val is None):
             raise ValueError("Pass both X_val and y_val, or neither.")
+        if resume_from is not None and self.random_state is None:
+            raise ValueError(
+                "resume_from needs a fixed random_state: the validation split and the batch "
+                "order of the checkpointed run must be reproduced."
+            )
         Xt, yt, _, y_1d = validate_fit_input(self, X, y)
         Xn, yn = Xt.numpy(), yt.numpy()
         n, p = Xn.shape
@@ -241,7 +262,15 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
         seed = int(self.random_state) if self.random_state is not None else int(rng.integers(2**31))
         if X_val is not None:
             Xv = validate_predict_input(self, X_val)
-            yv = np.asarray(y_val, dtype=np.float64).reshape(len(Xv), -1)
+            yv = np.asarray(y_val, dtype=np.float64)
+            if len(yv) != len(Xv):
+                raise ValueError(
+                    f"Found input variables with inconsistent numbers of samples: "
+                    f"[{len(Xv)}, {len(yv)}] (X_val, y_val)"
+                )
+            yv = yv.reshape(len(Xv), -1)
+            if not np.isfinite(yv).all():
+                raise ValueError("Input y_val contains NaN or infinity.")
             if yv.shape[1] != yn.shape[1]:
                 raise ValueError(f"y_val has {yv.shape[1]} targets, y has {yn.shape[1]}.")
             Xtr, ytr = Xn, yn
@@ -255,29 +284,40 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
             Xv = yv = None
             Xtr, ytr = Xn, yn
 
-        reuse = (
-            self.warm_start
-            and hasattr(self, "module_")
-            and getattr(self, "_n_outputs", None) == ytr.shape[1]
+        sizes = (
+            (int(self.hidden_layer_sizes),)
+            if isinstance(self.hidden_layer_sizes, numbers.Integral)
+            else tuple(int(h) for h in self.hidden_layer_sizes)
         )
-        if not reuse or not self.standardize:
-            self._set_scaling(Xtr, ytr)
+        reuse = self.warm_start and hasattr(self, "module_")
+        if reuse:
+            old = self.module_
+            arch = (old.net[0].in_features, old.hidden_layer_sizes, old.net[-1].out_features)
+            if arch != (p, sizes, ytr.shape[1]) or old.activation != self.activation:
+                raise ValueError(
+                    f"warm_start=True, but the fitted network ({arch[0]} inputs, hidden "
+                    f"{arch[1]}, {arch[2]} outputs, {old.activation}) does not match this fit "
+                    f"({p} inputs, hidden {sizes}, {ytr.shape[1]} outputs, {self.activation}). "
+                    "Set warm_start=False to train a new network."
+                )
+        # kept in locals until training succeeds: a failed refit leaves the model as it was
+        scaling = (
+            (self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_)
+            if reuse and self.standardize
+            else _scaling(Xtr, ytr, bool(self.standardize))
+        )
+        x_mean, x_scale, y_mean, y_scale = scaling
 
         def scale_x(A: np.ndarray) -> np.ndarray:
-            return ((A - self.x_mean_) / self.x_scale_).astype(np.float32)
+            return ((A - x_mean) / x_scale).astype(np.float32)
 
         def scale_y(A: np.ndarray) -> np.ndarray:
-            return ((A - self.y_mean_) / self.y_scale_).astype(np.float32)
+            return ((A - y_mean) / y_scale).astype(np.float32)
 
         dev = resolve_device(self.device)
-        sizes = (
-            (self.hidden_layer_sizes,)
-            if isinstance(self.hidden_layer_sizes, numbers.Integral)
-            else tuple(self.hidden_layer_sizes)
-        )
         module: torch.nn.Module
         if reuse:
-            module = self.module_
+            module = copy.deepcopy(self.module_)
         else:
             module = MLP(p, sizes, ytr.shape[1], self.activation)
         bs, epochs = self._plan(len(Xtr))
@@ -309,6 +349,7 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
             resume_from=resume_from,
             init=not reuse,
         )
+        self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_ = scaling
         self.module_ = module.eval()
         self._module64 = copy.deepcopy(module).to(device="cpu", dtype=torch.float64).eval()
         self.history_ = history
@@ -335,18 +376,6 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
             warnings.warn(f"Stopped after max_epochs={epochs}.", ConvergenceWarning, stacklevel=2)
         return self
 
-    def _set_scaling(self, X: np.ndarray, y: np.ndarray) -> None:
-        if self.standardize:
-            self.x_mean_ = X.mean(0)
-            sx = X.std(0)
-            self.x_scale_ = np.where(sx > 0, sx, 1.0)
-            self.y_mean_ = y.mean(0)
-            sy = y.std(0)
-            self.y_scale_ = np.where(sy > 0, sy, 1.0)
-        else:
-            self.x_mean_, self.x_scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
-            self.y_mean_, self.y_scale_ = np.zeros(y.shape[1]), np.ones(y.shape[1])
-
     def predict(self, X: Any) -> np.ndarray:
         """Predict targets: float64, shape ``(n_samples,)`` or ``(n_samples, n_targets)``."""
         check_is_fitted(self, "module_")
@@ -360,7 +389,7 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
                 out = self._module64(torch.as_tensor(Xs)).numpy()
             else:
                 Xg = torch.as_tensor(Xs.astype(np.float32), device=dev)
-                out = self.module_(Xg).double().cpu().numpy()
+                out = self.module_(Xg).cpu().double().numpy()  # MPS has no float64
         out = out * self.y_scale_ + self.y_mean_
         return out.ravel() if self._y_1d else out
 
