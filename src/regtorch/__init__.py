@@ -17,6 +17,8 @@ _LAZY = {
     "ElasticNet": "regtorch.estimators.linear",
     "MLPRegressor": "regtorch.estimators.mlp",
     "History": "regtorch.training",
+    "save": "regtorch.io",
+    "load": "regtorch.io",
     "train": "regtorch.training",
     "make_line": "regtorch.datasets",
     "make_sine": "regtorch.datasets",

@@ -1,0 +1,276 @@
+"""Model files: safetensors for tensors, JSON (in the safetensors header) for the rest.
+
+The only module that writes models. Loading never unpickles: it accepts only the classes of
+an allow-list and checks tensor names, shapes, dtypes and finiteness against the metadata
+before building the estimator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from regtorch._files import write_bytes_atomic
+
+__all__ = ["ModelFileError", "load", "save"]
+
+FORMAT = "regtorch-model"
+FORMAT_VERSION = 1
+LINEAR_CLASSES = ("LinearRegression", "Ridge", "Lasso", "ElasticNet")
+ALLOWED = (*LINEAR_CLASSES, "MLPRegressor")
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, truncated, altered, or of an unknown kind."""
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+def _tensors_of(est: Any) -> dict[str, torch.Tensor]:
+    name = type(est).__name__
+    if name in LINEAR_CLASSES:
+        out = {
+            "coef": torch.as_tensor(np.atleast_2d(est.coef_), dtype=torch.float64),
+            "intercept": torch.as_tensor(np.atleast_1d(est.intercept_), dtype=torch.float64),
+        }
+        R = getattr(est, "_R", None)
+        if R is not None:
+            out["R"] = R.detach().cpu().to(torch.float64)
+        info = getattr(est, "_fit_info", None)
+        if info is not None:
+            out["X_offset"] = torch.as_tensor(info["X_offset"], dtype=torch.float64)
+        return out
+    out = {f"module.{k}": v.detach().cpu() for k, v in est.module_.state_dict().items()}
+    for attr in ("x_mean_", "x_scale_", "y_mean_", "y_scale_"):
+        out[attr.rstrip("_")] = torch.as_tensor(np.asarray(getattr(est, attr), dtype=np.float64))
+    return out
+
+
+def save(
+    estimator: Any,
+    path: str | os.PathLike[str],
+    *,
+    extra: dict[str, Any] | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Save a fitted regtorch estimator to one file, atomically.
+
+    Parameters
+    ----------
+    estimator : LinearRegression, Ridge, Lasso, ElasticNet or MLPRegressor
+        Fitted.
+    path : path
+        Destination (conventionally ``*.safetensors``).
+    extra : dict, optional
+        JSON-able metadata kept with the model (the CLI stores the data encoder, target
+        and metrics there).
+    overwrite : bool
+        With False, an existing file is an error.
+
+    Examples
+    --------
+    >>> import numpy as np, regtorch, tempfile, os
+    >>> m = regtorch.LinearRegression().fit(np.eye(3), [1.0, 2.0, 3.0])
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.safetensors")
+    >>> np.allclose(regtorch.load(save(m, p)).predict(np.eye(3)), m.predict(np.eye(3)))
+    True
+    """
+    from safetensors.torch import save as st_save
+    from sklearn.utils.validation import check_is_fitted
+
+    import regtorch
+
+    name = type(estimator).__name__
+    if name not in ALLOWED:
+        raise TypeError(f"Cannot save {name}: only {', '.join(ALLOWED)} are supported.")
+    check_is_fitted(estimator)
+    out = Path(path)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; use --force (overwrite=True) to replace it.")
+    tensors = {k: v.contiguous() for k, v in _tensors_of(estimator).items()}
+    attrs: dict[str, Any] = {"n_features_in_": int(estimator.n_features_in_)}
+    if hasattr(estimator, "feature_names_in_"):
+        attrs["feature_names_in_"] = [str(f) for f in estimator.feature_names_in_]
+    if name in LINEAR_CLASSES:
+        attrs["y_1d"] = bool(np.ndim(estimator.coef_) == 1)
+        for a in ("rank_", "solver_", "n_iter_"):
+            if hasattr(estimator, a):
+                attrs[a] = _jsonable(getattr(estimator, a))
+        info = getattr(estimator, "_fit_info", None)
+        if info is not None:
+            attrs["fit_info"] = {k: _jsonable(v) for k, v in info.items() if k != "X_offset"}
+    else:
+        attrs.update(
+            y_1d=bool(estimator._y_1d),
+            n_outputs=int(estimator._n_outputs),
+            n_iter_=int(estimator.n_iter_),
+            best_epoch_=int(estimator.best_epoch_),
+        )
+    if hasattr(estimator, "history_"):
+        attrs["history"] = estimator.history_.to_dict()
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "class": name,
+        "params": {k: _jsonable(v) for k, v in estimator.get_params().items()},
+        "attributes": attrs,
+        "tensors": {
+            k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
+            for k, v in tensors.items()
+        },
+        "versions": {"regtorch": regtorch.__version__, "torch": torch.__version__},
+        "extra": extra or {},
+    }
+    data = st_save(tensors, metadata={"regtorch": json.dumps(meta)})
+    return write_bytes_atomic(out, data)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read and verify a model file's metadata and tensors (no estimator is built)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"Model file {p} does not exist.")
+    raw = p.read_bytes()
+    try:
+        if len(raw) < 8:
+            raise ValueError("shorter than a safetensors header")
+        hlen = int.from_bytes(raw[:8], "little")
+        if hlen > len(raw) - 8:
+            raise ValueError("the header runs past the end of the file")
+        header = json.loads(raw[8 : 8 + hlen])
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        if 8 + hlen + max(ends, default=0) != len(raw):
+            raise ValueError("its size does not match its header (truncated?)")
+        tensors = st_load(raw)
+        meta = json.loads(header["__metadata__"]["regtorch"])
+        if not isinstance(meta, dict):
+            raise ValueError("no regtorch metadata")
+    except (SafetensorError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelFileError(
+            f"{p} is not a valid regtorch model file ({exc}); refit and save it again."
+        ) from exc
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(f"{p} is not a regtorch model file.")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{p} has model format {meta.get('format_version')}; this regtorch reads "
+            f"{FORMAT_VERSION}."
+        )
+    cls = meta.get("class")
+    if cls not in ALLOWED:
+        raise ModelFileError(
+            f"{p} declares class {cls!r}, which is not one of {', '.join(ALLOWED)}; refused."
+        )
+    declared = meta.get("tensors", {})
+    if set(declared) != set(tensors):
+        raise ModelFileError(f"{p}: its tensors do not match its metadata; refused.")
+    for k, t in tensors.items():
+        spec = declared[k]
+        if list(t.shape) != spec.get("shape") or str(t.dtype).replace("torch.", "") != spec.get(
+            "dtype"
+        ):
+            raise ModelFileError(
+                f"{p}: tensor {k} has shape {list(t.shape)} and dtype {t.dtype}, but the "
+                f"metadata say {spec.get('shape')} and {spec.get('dtype')}; refused."
+            )
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelFileError(f"{p}: tensor {k} holds NaN or infinite values; refused.")
+    return meta, tensors
+
+
+def load(path: str | os.PathLike[str]) -> Any:
+    """Load an estimator saved by :func:`save`; ``extra`` metadata is in ``model_extra_``.
+
+    Raises
+    ------
+    ModelFileError
+        For a missing, truncated or altered file, an unknown class, or tensors that do not
+        match the metadata.
+    """
+    meta, tensors = read_metadata(path)
+    try:
+        est = _build(meta, tensors)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise ModelFileError(f"{path}: the model could not be rebuilt ({exc}); refused.") from exc
+    est.model_extra_ = meta.get("extra", {})
+    return est
+
+
+def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
+    from regtorch.estimators import ElasticNet, Lasso, LinearRegression, MLPRegressor, Ridge
+    from regtorch.training import History
+
+    classes = {c.__name__: c for c in (LinearRegression, Ridge, Lasso, ElasticNet, MLPRegressor)}
+    cls = classes[meta["class"]]
+    params = dict(meta["params"])
+    if "hidden_layer_sizes" in params and isinstance(params["hidden_layer_sizes"], list):
+        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+    est = cls(**params)
+    attrs = meta["attributes"]
+    p = int(attrs["n_features_in_"])
+    est.n_features_in_ = p
+    if "feature_names_in_" in attrs:
+        est.feature_names_in_ = np.asarray(attrs["feature_names_in_"], dtype=object)
+    if "history" in attrs:
+        est.history_ = History.from_dict(attrs["history"])
+    if meta["class"] in LINEAR_CLASSES:
+        coef = tensors["coef"].numpy()
+        if coef.shape[1] != p:
+            raise ValueError(f"coef has {coef.shape[1]} columns for {p} features")
+        y_1d = bool(attrs["y_1d"])
+        est.coef_ = coef[0] if y_1d else coef
+        intercept = tensors["intercept"].numpy()
+        if not params.get("fit_intercept", True):
+            est.intercept_ = 0.0
+        else:
+            est.intercept_ = float(intercept[0]) if y_1d else intercept
+        for a in ("rank_", "solver_", "n_iter_"):
+            if a in attrs:
+                setattr(est, a, attrs[a])
+        est._R = tensors.get("R")
+        if "fit_info" in attrs:
+            info = dict(attrs["fit_info"])
+            info["sse"] = np.asarray(info["sse"], dtype=np.float64)
+            info["sst"] = np.asarray(info["sst"], dtype=np.float64)
+            info["X_offset"] = tensors["X_offset"].numpy()
+            est._fit_info = info
+        return est
+    import copy
+
+    from regtorch.modules import MLP
+
+    sizes = params["hidden_layer_sizes"]
+    sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)
+    module = MLP(p, sizes, int(attrs["n_outputs"]), params["activation"])
+    state = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
+    module.load_state_dict(state, strict=True)
+    est.module_ = module.eval()
+    est._module64 = copy.deepcopy(module).to(dtype=torch.float64).eval()
+    for attr in ("x_mean", "x_scale", "y_mean", "y_scale"):
+        setattr(est, attr + "_", tensors[attr].numpy())
+    est._n_outputs = int(attrs["n_outputs"])
+    est._y_1d = bool(attrs["y_1d"])
+    est.n_iter_ = int(attrs["n_iter_"])
+    est.best_epoch_ = int(attrs["best_epoch_"])
+    est.loss_curve_ = list(est.history_.train_loss) if hasattr(est, "history_") else []
+    return est
