@@ -45,8 +45,9 @@ class RegressionSummary:
 
     @property
     def tvalues(self) -> np.ndarray:
-        """t statistics, ``params / bse``."""
-        return self.params / self.bse
+        """t statistics, ``params / bse`` (infinite where a perfect fit has bse 0)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.params / self.bse
 
     @property
     def pvalues(self) -> np.ndarray:
@@ -165,9 +166,12 @@ def summarize(
     rsq = 1 - ssr / sst if sst > 0 else float("nan")
     rsq_adj = 1 - (n - k_const) / df_resid * (1 - rsq)
     ess = sst - ssr
-    fvalue = (ess / df_model) / scale if df_model > 0 else float("nan")
+    # a perfect fit (ssr == 0) has an infinite F and log-likelihood: say so, do not crash
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fvalue = float(np.divide(ess / df_model, scale)) if df_model > 0 else float("nan")
     f_pvalue = float(sps.f.sf(fvalue, df_model, df_resid)) if df_model > 0 else float("nan")
-    llf = -n / 2 * (math.log(2 * math.pi) + math.log(ssr / n) + 1) + 0.5 * info["log_w_sum"]
+    log_ssr = math.log(ssr / n) if ssr > 0 else -math.inf
+    llf = -n / 2 * (math.log(2 * math.pi) + log_ssr + 1) + 0.5 * info["log_w_sum"]
     k = df_model + k_const
     return RegressionSummary(
         names=_names(est, p),
