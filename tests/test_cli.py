@@ -266,7 +266,7 @@ def test_bad_input_matrix(table, tmp_path):
         "header but no data rows", "fit", _write(tmp_path / "head.csv", "a,b,y\n"), "--target", "y"
     )
     proc = fails(
-        "Target column 'price' not found; the columns are: a, b, c, city, y",
+        "Target column 'price' not found; the columns are: 'a', 'b', 'c', 'city', 'y'",
         "fit",
         csv,
         "--target",
@@ -476,3 +476,85 @@ def test_report_renders_its_images_in_headless_chromium(table, tmp_path):
         timeout=120,
     )
     assert "<title>loaded 3 of 3</title>" in proc.stdout, proc.stdout[:300]
+
+
+def test_more_bad_inputs(table, tmp_path):
+    d, df = table
+    csv = d / "t.csv"
+    fails(
+        "Target column 'y' has no values",
+        "fit",
+        _write(tmp_path / "ynan.csv", "a,y\n1,\n2,\n3,\n"),
+        "--target",
+        "y",
+    )
+    fails(
+        "cannot be both a feature and the target", "fit", csv, "--target", "y", "--features", "a,y"
+    )
+    fails(
+        "The feature column(s) 'a' are given twice",
+        "fit",
+        csv,
+        "--target",
+        "y",
+        "--features",
+        "a,a",
+    )
+    fails("The target column(s) 'y' are given twice", "fit", csv, "--target", "y,y")
+    np.save(tmp_path / "ok.npy", np.ones((5, 3)))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "ok.npy").read_bytes()[:-20])
+    fails("not a readable NumPy file", "fit", tmp_path / "cut.npy", "--target", "x0")
+    fails(
+        "Only one column was read: wrong --sep?",
+        "fit",
+        d / "t_semicolon.csv",
+        "--target",
+        "y",
+        "--sep",
+        ",",
+    )
+    for flag, value, msg in [
+        ("--batch-size", "abc", "positive integer or 'full'"),
+        ("--seed", "-1", "non-negative integer"),
+        ("--test-size", "2", "expected a number in [0, 1)"),
+    ]:
+        proc = run("fit", csv, "--target", "y", flag, value)
+        assert proc.returncode == 2 and msg in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_tampered_parameters_are_refused(table, tmp_path):
+    d, _ = table
+    ok(
+        "fit",
+        d / "t.csv",
+        "--target",
+        "y",
+        "--features",
+        "a,b,c",
+        "--model",
+        "mlp",
+        "--epochs",
+        "5",
+        "--out",
+        tmp_path / "m",
+    )
+    est = regtorch.load(tmp_path / "m" / "model.safetensors")
+    import json as _json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for edit, msg in [
+        (lambda m: m["params"].update(activation="tanh"), "do not describe the network"),
+        (lambda m: m["params"].update(fit_intercept="no"), "parameter"),
+        (lambda m: m["attributes"].update(best_epoch_=10**6), "best_epoch_"),
+        (lambda m: m.update(extra=[]), "'extra' metadata"),
+        (lambda m: m["extra"]["encoder"].pop("features"), "encoder"),
+    ]:
+        with safe_open(tmp_path / "m" / "model.safetensors", "pt") as fh:
+            meta = _json.loads(fh.metadata()["regtorch"])
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        edit(meta)
+        save_file(tensors, tmp_path / "t.safetensors", metadata={"regtorch": _json.dumps(meta)})
+        fails(msg, "summary", tmp_path / "t.safetensors")
+    del est

@@ -465,6 +465,18 @@ def _hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _batch_size(text: str) -> str:
+    if text != "full" and not (text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}")
+    return text
+
+
+def _seed(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return int(text)
+
+
 def _fraction(text: str) -> float:
     try:
         v = float(text)
@@ -514,13 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--hidden", type=_hidden, help="MLP hidden widths, e.g. 64,64")
     fit.add_argument("--epochs", type=int, help="MLP epochs / gradient solvers' iterations")
     fit.add_argument("--lr", type=float, help="learning rate (MLP, gradient solvers)")
-    fit.add_argument("--batch-size", help="MLP batch size: an int or 'full'")
+    fit.add_argument("--batch-size", type=_batch_size, help="MLP batch size: an int or 'full'")
     fit.add_argument(
         "--solver",
         help="linear: auto, qr, svd, cholesky, lbfgs, adam; mlp: adam, adamw, sgd, lbfgs",
     )
     fit.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
-    fit.add_argument("--seed", type=int, default=0, help="seed of the split and the model")
+    fit.add_argument("--seed", type=_seed, default=0, help="seed of the split and the model")
     fit.add_argument("--test-size", type=_fraction, default=0.2, help="test share (default 0.2)")
     fit.add_argument(
         "--val-size", type=_fraction, default=0.1, help="MLP validation share (default 0.1)"

@@ -106,7 +106,9 @@ def _read_numpy(p: Path, pd: Any) -> Any:
     try:
         obj = np.load(p, allow_pickle=False)  # never unpickle user files
     except ValueError as exc:
-        raise DataError(f"{p}: object arrays are not supported (they need pickle).") from exc
+        if "allow_pickle" in str(exc):
+            raise DataError(f"{p}: object arrays are not supported (they need pickle).") from exc
+        raise DataError(f"{p} is not a readable NumPy file ({exc}).") from exc
     except Exception as exc:
         raise DataError(f"{p} is not a readable NumPy file ({exc}).") from exc
     if isinstance(obj, np.ndarray):
@@ -119,8 +121,7 @@ def _read_numpy(p: Path, pd: Any) -> Any:
     if len(arrays) == 1 and next(iter(arrays.values())).ndim == 2:
         arr = next(iter(arrays.values()))
         return pd.DataFrame(arr, columns=[f"x{i}" for i in range(arr.shape[1])])
-    lengths = {k: len(v) for k, v in arrays.items()}
-    if any(np.ndim(v) != 1 for v in arrays.values()) or len(set(lengths.values())) > 1:
+    if any(np.ndim(v) != 1 for v in arrays.values()) or len({len(v) for v in arrays.values()}) > 1:
         raise DataError(
             f"{p}: an .npz table needs 1-D arrays of equal length (one per column); "
             f"got shapes { {k: np.shape(v) for k, v in arrays.items()} }."
@@ -183,8 +184,8 @@ class Encoder:
             bad = {names[j]: int(n) for j, n in enumerate((~np.isfinite(X)).sum(0)) if n}
             listing = ", ".join(f"{c!r} ({n})" for c, n in bad.items())
             raise DataError(
-                f"Missing or infinite values in column(s) {listing}; fix them or use "
-                "--missing drop to drop those rows."
+                f"Missing or infinite values in column(s) {listing}; fix them (fit and "
+                "evaluate can drop those rows with --missing drop)."
             )
         return X
 
@@ -214,6 +215,19 @@ def _numeric(s: Any, col: str) -> np.ndarray:
     if not _is_numeric(s):
         raise DataError(f"Column {col!r} is not numeric.")
     return s.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _listing(cols: list[str]) -> str:
+    text = f"the columns are: {', '.join(map(repr, cols))}."
+    if len(cols) == 1:
+        text += " Only one column was read: wrong --sep?"
+    return text
+
+
+def _no_duplicates(names: list[str], what: str) -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"The {what} column(s) {', '.join(map(repr, dup))} are given twice.")
 
 
 def prepare(
@@ -249,25 +263,31 @@ def prepare(
     """
     targets = [target] if isinstance(target, str) else list(target)
     cols = [str(c) for c in df.columns]
+    _no_duplicates(targets, "target")
     absent = [t for t in targets if t not in cols]
     if absent:
-        raise DataError(
-            f"Target column {', '.join(map(repr, absent))} not found; the columns are: "
-            f"{', '.join(cols)}."
-        )
+        raise DataError(f"Target column {', '.join(map(repr, absent))} not found; {_listing(cols)}")
     for t in targets:
+        values = df[t].dropna()
+        if len(values) == 0:
+            raise DataError(f"Target column {t!r} has no values.")
         if not _is_numeric(df[t]):
             raise DataError(
-                f"Target column {t!r} is not numeric (e.g. {df[t].dropna().iloc[0]!r}); "
+                f"Target column {t!r} is not numeric (e.g. {values.iloc[0]!r}); "
                 "regression needs a number."
             )
     if encoder is None:
         feats = [c for c in cols if c not in targets] if features is None else list(features)
+        _no_duplicates(feats, "feature")
+        both = [f for f in feats if f in targets]
+        if both:
+            raise DataError(
+                f"Column(s) {', '.join(map(repr, both))} cannot be both a feature and the target."
+            )
         absent = [f for f in feats if f not in cols]
         if absent:
             raise DataError(
-                f"Feature column(s) {', '.join(map(repr, absent))} not found; the columns are: "
-                f"{', '.join(cols)}."
+                f"Feature column(s) {', '.join(map(repr, absent))} not found; {_listing(cols)}"
             )
         if not feats:
             raise DataError("No feature columns: the table holds only the target.")

@@ -116,6 +116,7 @@ def save(
             attrs["fit_info"] = {k: _jsonable(v) for k, v in info.items() if k != "X_offset"}
     else:
         attrs.update(
+            architecture=repr(estimator.module_),
             y_1d=bool(estimator._y_1d),
             n_outputs=int(estimator._n_outputs),
             n_iter_=int(estimator.n_iter_),
@@ -146,6 +147,8 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
     from safetensors.torch import load as st_load
 
     p = Path(path)
+    if p.is_dir():  # the folder `regtorch fit --out DIR` wrote
+        p = p / "model.safetensors"
     if not p.is_file():
         raise ModelFileError(f"Model file {p} does not exist.")
     raw = p.read_bytes()
@@ -182,10 +185,12 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
             f"{p} declares class {cls!r}, which is not one of {', '.join(ALLOWED)}; refused."
         )
     declared = meta.get("tensors", {})
-    if set(declared) != set(tensors):
+    if not isinstance(declared, dict) or set(declared) != set(tensors):
         raise ModelFileError(f"{p}: its tensors do not match its metadata; refused.")
     for k, t in tensors.items():
         spec = declared[k]
+        if not isinstance(spec, dict):
+            raise ModelFileError(f"{p}: the metadata of tensor {k} are malformed; refused.")
         if list(t.shape) != spec.get("shape") or str(t.dtype).replace("torch.", "") != spec.get(
             "dtype"
         ):
@@ -210,10 +215,41 @@ def load(path: str | os.PathLike[str]) -> Any:
     meta, tensors = read_metadata(path)
     try:
         est = _build(meta, tensors)
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
         raise ModelFileError(f"{path}: the model could not be rebuilt ({exc}); refused.") from exc
-    est.model_extra_ = meta.get("extra", {})
     return est
+
+
+def _check_extra(extra: Any, n_features: int) -> dict[str, Any]:
+    """The CLI's metadata (encoder, target) must be well formed and fit the model."""
+    if not isinstance(extra, dict):
+        raise ValueError("'extra' metadata must be an object")
+    enc = extra.get("encoder")
+    if enc is not None:
+        from regtorch.data import Encoder
+
+        cats = enc.get("categories", {}) if isinstance(enc, dict) else None
+        ok = (
+            isinstance(enc, dict)
+            and isinstance(enc.get("features"), list)
+            and all(isinstance(f, str) for f in enc["features"])
+            and isinstance(cats, dict)
+            and all(
+                isinstance(k, str) and isinstance(v, list) and all(isinstance(c, str) for c in v)
+                for k, v in cats.items()
+            )
+            and enc.get("unknown", "error") in ("error", "ignore")
+        )
+        if not ok:
+            raise ValueError("the data encoder in the metadata is malformed")
+        if len(Encoder.from_dict(enc).output_names) != n_features:
+            raise ValueError("the data encoder does not match the model's number of features")
+    target = extra.get("target")
+    if target is not None and not (
+        isinstance(target, list) and all(isinstance(t, str) for t in target)
+    ):
+        raise ValueError("the target names in the metadata are malformed")
+    return extra
 
 
 def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
@@ -226,8 +262,10 @@ def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
     if "hidden_layer_sizes" in params and isinstance(params["hidden_layer_sizes"], list):
         params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
     est = cls(**params)
+    est._check_params()  # edited parameters are refused like bad ones passed to fit
     attrs = meta["attributes"]
     p = int(attrs["n_features_in_"])
+    est.model_extra_ = _check_extra(meta.get("extra", {}), p)
     est.n_features_in_ = p
     if "feature_names_in_" in attrs:
         est.feature_names_in_ = np.asarray(attrs["feature_names_in_"], dtype=object)
@@ -238,6 +276,8 @@ def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
         if coef.shape[1] != p:
             raise ValueError(f"coef has {coef.shape[1]} columns for {p} features")
         y_1d = bool(attrs["y_1d"])
+        if y_1d and coef.shape[0] != 1:
+            raise ValueError(f"one target declared, but coef has {coef.shape[0]} rows")
         est.coef_ = coef[0] if y_1d else coef
         intercept = tensors["intercept"].numpy()
         if not params.get("fit_intercept", True):
@@ -264,6 +304,10 @@ def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
     module = MLP(p, sizes, int(attrs["n_outputs"]), params["activation"])
     state = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
     module.load_state_dict(state, strict=True)
+    if attrs.get("architecture") != repr(module):
+        raise ValueError("the parameters do not describe the network stored in the file")
+    if bool(attrs["y_1d"]) and int(attrs["n_outputs"]) != 1:
+        raise ValueError("one target declared, but the network has several outputs")
     est.module_ = module.eval()
     est._module64 = copy.deepcopy(module).to(dtype=torch.float64).eval()
     for attr in ("x_mean", "x_scale", "y_mean", "y_scale"):
@@ -272,5 +316,9 @@ def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
     est._y_1d = bool(attrs["y_1d"])
     est.n_iter_ = int(attrs["n_iter_"])
     est.best_epoch_ = int(attrs["best_epoch_"])
+    if not hasattr(est, "history_") or len(est.history_) != est.n_iter_ or est.n_iter_ < 1:
+        raise ValueError("the training history does not match n_iter_")
+    if not 1 <= est.best_epoch_ <= est.n_iter_:
+        raise ValueError(f"best_epoch_ {est.best_epoch_} is outside 1..{est.n_iter_}")
     est.loss_curve_ = list(est.history_.train_loss) if hasattr(est, "history_") else []
     return est

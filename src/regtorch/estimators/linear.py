@@ -338,6 +338,10 @@ class Ridge(LinearRegression):
         )
         self.alpha = alpha
 
+    def _check_params(self) -> None:
+        super()._check_params()
+        check_param("alpha", self.alpha, kind=numbers.Real, low=0)
+
     def fit(self, X: Any, y: Any, sample_weight: Any | None = None) -> Ridge:
         """Fit the model; returns ``self``."""
         check_param("alpha", self.alpha, kind=numbers.Real, low=0)
@@ -407,14 +411,17 @@ class ElasticNet(_LinearBase):
         self.warm_start = warm_start
         self.device = device
 
-    def fit(self, X: Any, y: Any, sample_weight: Any | None = None) -> ElasticNet:
-        """Fit the model; returns ``self``."""
+    def _check_params(self) -> None:
         check_param("alpha", self.alpha, kind=numbers.Real, low=0)
         check_param("l1_ratio", self.l1_ratio, kind=numbers.Real, low=0, high=1)
         check_param("max_iter", self.max_iter, kind=numbers.Integral, low=1)
         check_param("tol", self.tol, kind=numbers.Real, low=0)
         for flag in ("fit_intercept", "positive", "warm_start"):
             check_param(flag, getattr(self, flag), kind=bool, options=(True, False))
+
+    def fit(self, X: Any, y: Any, sample_weight: Any | None = None) -> ElasticNet:
+        """Fit the model; returns ``self``."""
+        self._check_params()
         Xt, yt, sw, y_1d = validate_fit_input(self, X, y, sample_weight, device=self.device)
         n, p = Xt.shape
         k = yt.shape[1]

@@ -380,16 +380,12 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
         """Predict targets: float64, shape ``(n_samples,)`` or ``(n_samples, n_targets)``."""
         check_is_fitted(self, "module_")
         Xn = validate_predict_input(self, X)
-        dev = next(self.module_.parameters()).device
         Xs = (Xn - self.x_mean_) / self.x_scale_
         with torch.inference_mode():
-            if dev.type == "cpu":
-                # float64 on CPU: float32 kernels round differently with the batch size, so a
-                # row's prediction would depend on which other rows are predicted with it
-                out = self._module64(torch.as_tensor(Xs)).numpy()
-            else:
-                Xg = torch.as_tensor(Xs.astype(np.float32), device=dev)
-                out = self.module_(Xg).cpu().double().numpy()  # MPS has no float64
+            # always a float64 copy on the CPU: float32 kernels round differently with the
+            # batch size and the device, so a row's prediction would depend on which rows are
+            # predicted with it, and a saved model would not reproduce a GPU-fitted one
+            out = self._module64(torch.as_tensor(Xs)).numpy()
         out = out * self.y_scale_ + self.y_mean_
         return out.ravel() if self._y_1d else out
 
