@@ -187,12 +187,28 @@ def _coef_table(est: Any, names: list[str]) -> tuple[list[str], list[list[Any]]]
     ], rows
 
 
+def _memory_limit(args: argparse.Namespace) -> int:
+    from regtorch.streaming import default_memory_limit, parse_memory
+
+    return parse_memory(args.memory_limit) if args.memory_limit else default_memory_limit()
+
+
+def _wants_streaming(args: argparse.Namespace) -> bool:
+    p = Path(args.data)
+    if args.stream or p.is_dir() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return True
+    # a file that would not fit comfortably in the budget once decoded
+    return p.is_file() and p.stat().st_size * 4 > _memory_limit(args)
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and (out / MODEL_FILE).exists() and not args.force:
         raise UserError(f"{out / MODEL_FILE} exists; use --force to replace it.")
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder.")
+    if _wants_streaming(args):
+        return _fit_streaming(args, out)
     from regtorch.data import prepare, read_table
 
     df = read_table(args.data, sep=args.sep)
@@ -252,6 +268,85 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     _write_outputs(out, est, encoder, targets, record, y_fit[test_idx], pred, coef, args)
     print(f"\nModel, metrics.json, plots and report.html written to {out}/")
     return 0
+
+
+def _fit_streaming(args: argparse.Namespace, out: Path | None) -> int:
+    """One pass over a table larger than memory (and over ranks, under torchrun)."""
+    if args.model not in ("linear", "ridge"):
+        raise UserError(
+            f"--model {args.model}: out-of-core and distributed fits support linear and ridge "
+            "(one pass over a mergeable state); fit the others on data that fit in memory."
+        )
+    if args.categorical != "error":
+        raise UserError(
+            "--categorical onehot needs the whole table in memory; drop the text columns."
+        )
+    from regtorch import distributed
+    from regtorch.streaming import TableSource, stream_fit_linear, stream_metrics
+
+    distributed.init_from_env(args.device, timeout_s=args.timeout)
+    try:
+        rank, world = distributed.rank(), distributed.world_size()
+        source = TableSource(
+            args.data,
+            args.target.split(","),
+            args.features.split(",") if args.features else None,
+            memory_limit=_memory_limit(args),
+            sep=args.sep,
+        )
+        est = _estimator(args, len(source.targets))
+        info = stream_fit_linear(
+            est,
+            source,
+            missing=args.missing,
+            test_fraction=args.test_size,
+            seed=args.seed,
+            progress=sys.stderr.isatty(),
+        )
+        metrics, y_s, p_s = stream_metrics(
+            est, source, test_fraction=args.test_size, seed=args.seed, missing=args.missing
+        )
+        if rank != 0:
+            return 0
+        rate = info["rows_read"] * world / max(info["seconds"], 1e-9)
+        print(
+            f"{type(est).__name__} (streamed, {world} process{'es' if world > 1 else ''}, "
+            f"batches of {info['batch_rows']} rows) on {args.data}: {info['rows_fit']} train "
+            f"rows, {rate:,.0f} rows/s; held-out test share {args.test_size:g}"
+        )
+        m = {"model": {k: (None if not math.isfinite(v) else v) for k, v in metrics.items()}}
+        print(
+            format_table(
+                ["test metrics", "R2", "MSE", "RMSE", "MAE"],
+                [[k, v["r2"], v["mse"], v["rmse"], v["mae"]] for k, v in m.items()],
+            )
+        )
+        names = list(source.features)
+        coef = _coef_table(est, names)
+        if coef is not None:
+            print()
+            print(format_table(*coef))
+        if out is not None:
+            from regtorch.data import Encoder
+
+            record = {
+                "model": type(est).__name__,
+                "target": source.targets,
+                "features": names,
+                "rows": {"train": info["rows_fit"], "validation": 0, "test": None},
+                "seed": args.seed,
+                "metrics": m,
+                "streaming": {**info, "world_size": world},
+            }
+            y_t = y_s[:, 0] if y_s.shape[1] == 1 else y_s
+            p_t = p_s[:, 0] if p_s.shape[1] == 1 else p_s
+            _write_outputs(
+                out, est, Encoder(names, {}), source.targets, record, y_t, p_t, coef, args
+            )
+            print(f"\nModel, metrics.json, plots and report.html written to {out}/")
+        return 0
+    finally:
+        distributed.shutdown()
 
 
 def _write_outputs(
@@ -556,6 +651,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows with missing values: an error (default) or dropped",
     )
     fit.add_argument("--no-baseline", action="store_true", help="skip the scikit-learn baseline")
+    fit.add_argument(
+        "--stream",
+        action="store_true",
+        help="read the data in batches (automatic for folders, files larger than "
+        "the memory limit, and under torchrun); linear and ridge",
+    )
+    fit.add_argument(
+        "--memory-limit",
+        metavar="SIZE",
+        help="memory budget that sizes the batches, e.g. 2GB (default: RAM / 4)",
+    )
+    fit.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds a rank waits for the others under torchrun (default 300)",
+    )
     fit.add_argument("--out", metavar="DIR", help="write the model, metrics, plots and report.html")
     fit.add_argument("--force", action="store_true", help="replace an existing model in DIR")
     data_opts(fit)

@@ -34,6 +34,8 @@ REORTH_COND = 1e3
 # Below this condition number of the scaled Gram, Cholesky's answer is already accurate to
 # about cond * eps (1e-13): iterative refinement passes over X are skipped.
 REFINE_COND = 100.0
+# A one-pass (Gram only) fit warns above this condition number of the scaled Gram.
+STREAM_COND_LIMIT = 1e8
 # Below this many flops (n * p^2) Householder QR costs nothing worth saving.
 SMALL_PROBLEM_FLOPS = 2e7
 
@@ -284,6 +286,51 @@ def _cholesky_qr2_factor(
         G2.addmm_(qb.mT, qb)
     L2, info = torch.linalg.cholesky_ex(G2)
     return L if int(info) != 0 else L @ L2
+
+
+def solve_from_state(state: GramState, alpha: float = 0.0) -> LinearSolution:
+    """Least squares (ridge) from an accumulated Gram alone: streaming and distributed fits.
+
+    Cholesky on the column-scaled centred Gram; there is no data pass for refinement, so the
+    accuracy is about cond(scaled Gram) * eps. Above ``STREAM_COND_LIMIT`` a warning says
+    so; a rank-deficient Gram gives the minimum-norm solution (eigendecomposition) with a
+    :class:`RankWarning`.
+    """
+    G, Xty = state.G, state.Xty
+    p = G.shape[0]
+    scale = G.diagonal().clamp_min(0).sqrt()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    Gs = G / scale.unsqueeze(0) / scale.unsqueeze(1)
+    if alpha > 0:
+        Gs = Gs + torch.diag(alpha / scale**2)
+    ev, V = torch.linalg.eigh(Gs)
+    top = float(ev[-1]) if p else 1.0
+    tol = top * p * torch.finfo(G.dtype).eps * 10
+    rank = int((ev > tol).sum())
+    cond = float(top / ev[0]) if p and float(ev[0]) > 0 else math.inf
+    rhs = Xty / scale.unsqueeze(1)
+    if rank < p:
+        inv = torch.where(ev > tol, 1.0 / torch.where(ev > tol, ev, torch.ones_like(ev)), 0.0)
+        coef = (V @ (inv.unsqueeze(1) * (V.mT @ rhs))) / scale.unsqueeze(1)
+        warnings.warn(
+            f"The design matrix is rank deficient (rank {rank} < {p} features); returning the "
+            "minimum-norm least-squares solution.",
+            RankWarning,
+            stacklevel=3,
+        )
+        return LinearSolution(coef, rank, "eigh", cond=cond)
+    if cond > STREAM_COND_LIMIT:
+        warnings.warn(
+            f"The scaled Gram matrix is ill-conditioned (condition number {cond:.2g}); a "
+            "one-pass fit is accurate to about that times 1e-16 relative. Standardise or drop "
+            "near-collinear columns, or fit in memory, where QR is used.",
+            UserWarning,
+            stacklevel=3,
+        )
+    L = torch.linalg.cholesky(Gs)
+    coef = torch.cholesky_solve(rhs, L) / scale.unsqueeze(1)
+    R = L.mT * scale.unsqueeze(0) if alpha == 0 else None
+    return LinearSolution(coef, p, "cholesky", R=R, cond=cond, state=state)
 
 
 def solve_least_squares(

@@ -1,0 +1,502 @@
+"""Fitting data larger than memory: tables read in batches with pyarrow, mergeable states.
+
+A :class:`TableSource` streams a Parquet file, a folder of Parquet files or a CSV in batches
+sized by a memory budget; in a ``torch.distributed`` process group each rank reads its own
+share (Parquet row groups round-robin, CSV batches round-robin). Linear models accumulate
+:class:`MomentState` (count, mean, centred cross-products of ``[X, y]``; merged with Chan's
+formula, never raw sums of squares), reduced across ranks in rank order so every rank holds
+the same answer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from regtorch.data import DataError, _listing, _no_duplicates
+
+__all__ = [
+    "MomentState",
+    "TableSource",
+    "default_memory_limit",
+    "parse_memory",
+    "stream_fit_linear",
+]
+
+# bytes held per value of a batch: the Arrow batch, the float64 copy, a centred copy, slack
+BYTES_PER_VALUE = 8 * 6
+
+
+def default_memory_limit() -> int:
+    """A quarter of the machine's memory."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
+    except (ValueError, OSError, AttributeError):
+        return 2 * 1024**3
+
+
+def parse_memory(text: str) -> int:
+    """``"2GB"``, ``"512MB"``, ``"1.5G"`` or bytes -> bytes."""
+    t = text.strip().upper().replace("IB", "B")
+    units = {
+        "KB": 1024,
+        "MB": 1024**2,
+        "GB": 1024**3,
+        "TB": 1024**4,
+        "K": 1024,
+        "M": 1024**2,
+        "G": 1024**3,
+        "T": 1024**4,
+        "B": 1,
+    }
+    for u in sorted(units, key=len, reverse=True):
+        if t.endswith(u):
+            try:
+                return int(float(t[: -len(u)]) * units[u])
+            except ValueError:
+                break
+    try:
+        return int(float(t))
+    except ValueError:
+        raise ValueError(
+            f"Cannot read the memory size {text!r}; write e.g. 2GB or 512MB."
+        ) from None
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _hash01(index: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded hash of row indices to [0, 1) (splitmix64): splits need no global view."""
+    z = index.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) % 2**64)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+@dataclass
+class Batch:
+    """Rows of a table: ``X`` (n, p), ``y`` (n, k), global row indices (n,)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    rows: np.ndarray
+
+
+class TableSource:
+    """A table too large for memory, read in batches.
+
+    Parameters
+    ----------
+    path : path
+        A Parquet file, a folder of Parquet files, or a CSV file.
+    target : str or list of str
+    features : list of str or None
+        Default: every other numeric column.
+    memory_limit : int or None
+        Bytes; decides the batch size. Default: a quarter of the machine's memory.
+    batch_rows : int or None
+        Overrides the size derived from ``memory_limit``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        target: str | list[str],
+        features: list[str] | None = None,
+        memory_limit: int | None = None,
+        batch_rows: int | None = None,
+        sep: str | None = None,
+    ) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(f"{self.path}: no such file or folder.")
+        self.targets = [target] if isinstance(target, str) else list(target)
+        self.sep = sep
+        if self.path.is_dir():
+            self.files = sorted(
+                p for p in self.path.rglob("*") if p.suffix.lower() in (".parquet", ".pq")
+            )
+            if not self.files:
+                raise DataError(f"{self.path} holds no .parquet files.")
+            self.kind = "parquet"
+        elif self.path.suffix.lower() in (".parquet", ".pq"):
+            self.files, self.kind = [self.path], "parquet"
+        elif self.path.suffix.lower() in (".csv", ".tsv", ".txt"):
+            self.files, self.kind = [self.path], "csv"
+        else:
+            raise DataError(f"{self.path}: streaming reads Parquet files, folders of them, or CSV.")
+        if self.kind == "parquet":
+            try:
+                metas = [pq.ParquetFile(f).metadata for f in self.files]
+                schema = pq.ParquetFile(self.files[0]).schema_arrow
+            except Exception as exc:
+                raise DataError(f"{self.path}: not readable as Parquet ({exc}).") from exc
+            self.n_rows: int | None = sum(m.num_rows for m in metas)
+            # (file, row group, first global row): the unit of work shared among ranks
+            self.units: list[tuple[Path, int, int]] = []
+            start = 0
+            for f, m in zip(self.files, metas):
+                for g in range(m.num_row_groups):
+                    self.units.append((f, g, start))
+                    start += m.row_group(g).num_rows
+            names, types = list(schema.names), {n: schema.field(n).type for n in schema.names}
+        else:
+            names, types = self._csv_schema()
+            self.n_rows = None
+            self.units = []
+        self.file_bytes = sum(f.stat().st_size for f in self.files)
+        _no_duplicates(self.targets, "target")
+        absent = [t for t in self.targets if t not in names]
+        if absent:
+            raise DataError(
+                f"Target column {', '.join(map(repr, absent))} not found; {_listing(names)}"
+            )
+        import pyarrow.types as pat
+
+        def numeric(n: str) -> bool:
+            t = types[n]
+            return bool(pat.is_integer(t) or pat.is_floating(t) or pat.is_boolean(t))
+
+        for t in self.targets:
+            if not numeric(t):
+                raise DataError(f"Target column {t!r} is not numeric; regression needs a number.")
+        feats = [n for n in names if n not in self.targets] if features is None else list(features)
+        _no_duplicates(feats, "feature")
+        absent = [f for f in feats if f not in names]
+        if absent:
+            raise DataError(
+                f"Feature column(s) {', '.join(map(repr, absent))} not found; {_listing(names)}"
+            )
+        text = [f for f in feats if not numeric(f)]
+        if text:
+            raise DataError(
+                f"Non-numeric feature column(s) {', '.join(map(repr, text))}: streaming fits take "
+                "numeric columns only; drop them with --features."
+            )
+        self.features = feats
+        width = len(feats) + len(self.targets)
+        budget = memory_limit or default_memory_limit()
+        self.memory_limit = budget
+        self.batch_rows = int(
+            batch_rows or max(1024, min(1 << 21, budget // (8 * BYTES_PER_VALUE * width)))
+        )
+
+    def _csv_schema(self) -> tuple[list[str], dict[str, Any]]:
+
+        reader = self._csv_reader(1 << 16)
+        schema = reader.schema
+        return list(schema.names), {n: schema.field(n).type for n in schema.names}
+
+    def _csv_reader(self, block: int) -> Any:
+        import csv
+
+        import pyarrow.csv as pcsv
+
+        sep = self.sep
+        if sep is None:
+            with self.files[0].open("r", newline="", encoding="utf-8", errors="replace") as fh:
+                head = fh.read(65536)
+            try:
+                sep = csv.Sniffer().sniff(head, delimiters=",;\t|").delimiter
+            except csv.Error:
+                sep = ","
+        self.sep = sep
+        return pcsv.open_csv(
+            self.files[0],
+            read_options=pcsv.ReadOptions(block_size=block),
+            parse_options=pcsv.ParseOptions(delimiter=sep),
+        )
+
+    def _to_numpy(self, rb: Any, first_row: int, missing: str) -> Batch:
+        cols = self.features + self.targets
+        n = rb.num_rows
+        Z = np.empty((n, len(cols)), dtype=np.float64)
+        for j, c in enumerate(cols):
+            Z[:, j] = rb.column(c).to_numpy(zero_copy_only=False)
+        rows = np.arange(first_row, first_row + n, dtype=np.int64)
+        bad = ~np.isfinite(Z)
+        if bad.any():
+            if missing != "drop":
+                counts = {cols[j]: int(v) for j, v in enumerate(bad.sum(0)) if v}
+                listing = ", ".join(f"{c!r} ({v})" for c, v in counts.items())
+                raise DataError(
+                    f"Missing or infinite values in column(s) {listing} in rows "
+                    f"{first_row}..{first_row + n - 1}; fix them or use --missing drop."
+                )
+            keep = ~bad.any(1)
+            Z, rows = Z[keep], rows[keep]
+        p = len(self.features)
+        return Batch(Z[:, :p], Z[:, p:], rows)
+
+    def batches(self, missing: str = "error", epoch_seed: int | None = None) -> Iterator[Batch]:
+        """This rank's batches; with ``epoch_seed`` the row groups come in a shuffled order."""
+        rank, world = _rank_world()
+        cols = self.features + self.targets
+        if self.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            units = self.units[rank::world]
+            if epoch_seed is not None:
+                order = np.random.default_rng(epoch_seed).permutation(len(units))
+                units = [units[i] for i in order]
+            handles: dict[Path, Any] = {}
+            for f, g, start in units:
+                pf = handles.setdefault(f, pq.ParquetFile(f))
+                offset = start
+                for rb in pf.iter_batches(
+                    batch_size=self.batch_rows, row_groups=[g], columns=cols, use_threads=True
+                ):
+                    yield self._to_numpy(rb, offset, missing)
+                    offset += rb.num_rows
+            return
+        block = max(1 << 16, self.batch_rows * 8 * len(cols) * 2)
+        reader = self._csv_reader(block)
+        offset = 0
+        for i, rb in enumerate(reader):
+            if i % world == rank:
+                yield self._to_numpy(rb.select(cols), offset, missing)
+            offset += rb.num_rows
+
+
+@dataclass
+class MomentState:
+    """Mergeable moments of ``Z = [X, y]``: count, mean and centred cross-products.
+
+    ``update`` with batches, ``merge`` states from other ranks (Chan et al.'s parallel
+    formula), then read the centred Gram, ``X'y`` and ``y'y`` for the solvers.
+    """
+
+    n: float = 0.0
+    mean: torch.Tensor | None = None  # (m,)
+    C: torch.Tensor | None = None  # (m, m)
+
+    def update(self, Z: torch.Tensor) -> None:
+        """Add a batch ``(rows, m)`` in float64."""
+        if Z.shape[0] == 0:
+            return
+        mb = Z.mean(0)
+        Zc = Z - mb
+        self.merge(MomentState(float(Z.shape[0]), mb, Zc.mT @ Zc))
+
+    def merge(self, other: MomentState) -> None:
+        """Fold ``other`` into this state."""
+        if other.n == 0 or other.mean is None or other.C is None:
+            return
+        if self.n == 0 or self.mean is None or self.C is None:
+            self.n, self.mean, self.C = other.n, other.mean.clone(), other.C.clone()
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.C = self.C + other.C + torch.outer(delta, delta) * (self.n * other.n / n)
+        self.mean = self.mean + delta * (other.n / n)
+        self.n = n
+
+    def to_tensor(self, m: int) -> torch.Tensor:
+        """Flat ``[n, mean, C]`` for collective communication."""
+        if self.mean is None or self.C is None:
+            return torch.zeros(1 + m + m * m, dtype=torch.float64)
+        return torch.cat([torch.tensor([self.n], dtype=torch.float64), self.mean, self.C.flatten()])
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor, m: int) -> MomentState:
+        n = float(t[0])
+        if n == 0:
+            return cls()
+        return cls(n, t[1 : 1 + m].clone(), t[1 + m :].reshape(m, m).clone())
+
+    def all_reduce(self, m: int) -> MomentState:
+        """Merge every rank's state, in rank order (the same result on every rank)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self
+        mine = self.to_tensor(m)
+        parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, mine)
+        total = MomentState()
+        for t in parts:
+            total.merge(MomentState.from_tensor(t, m))
+        return total
+
+
+class _Progress:
+    """Rows per second and an ETA on stderr (rank 0, in a terminal or when forced)."""
+
+    def __init__(self, total: int | None, show: bool, desc: str) -> None:
+        self.bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="rows", unit_scale=True, desc=desc, leave=False)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _accumulate(
+    source: TableSource,
+    keep: Callable[[np.ndarray], np.ndarray] | None,
+    missing: str,
+    progress: bool,
+    desc: str,
+) -> tuple[MomentState, int]:
+    state = MomentState()
+    rank, world = _rank_world()
+    total = None if source.n_rows is None else source.n_rows // world
+    bar = _Progress(total, progress and rank == 0, desc)
+    seen = 0
+    try:
+        for b in source.batches(missing):
+            sel = slice(None) if keep is None else keep(b.rows)
+            Z = torch.from_numpy(np.hstack([b.X[sel], b.y[sel]]))
+            state.update(Z)
+            seen += len(b.rows)
+            bar.update(len(b.rows))
+    finally:
+        bar.close()
+    return state, seen
+
+
+def stream_fit_linear(
+    estimator: Any,
+    source: TableSource,
+    *,
+    missing: str = "error",
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Fit a ``LinearRegression`` or ``Ridge`` in one pass over ``source``.
+
+    Rows whose seeded hash falls below ``test_fraction`` are held out (no global shuffle
+    needed). In a process group every rank reads its share and the states are merged in
+    rank order. Returns timing and row counts; the estimator is fitted in place and supports
+    ``summary()`` like an in-memory fit.
+    """
+    from regtorch.estimators.linear import LinearRegression, Ridge, _info_dict
+    from regtorch.solvers import GramState, solve_from_state
+
+    if type(estimator) not in (LinearRegression, Ridge):
+        raise ValueError(
+            f"Streaming fits LinearRegression and Ridge (one pass over a mergeable state); "
+            f"got {type(estimator).__name__}."
+        )
+    estimator._check_params()
+    if estimator.solver not in ("auto", "cholesky"):
+        raise ValueError("Streaming solves from the accumulated Gram: use solver='auto'.")
+    p, k = len(source.features), len(source.targets)
+    m = p + k
+    keep = None if test_fraction <= 0 else (lambda rows: _hash01(rows, seed) >= test_fraction)
+    t0 = time.perf_counter()
+    local, seen = _accumulate(source, keep, missing, progress, "streaming fit")
+    state = local.all_reduce(m)
+    if state.n < 2 or state.mean is None or state.C is None:
+        raise DataError(f"{source.path}: fewer than 2 training rows.")
+    fit_intercept = bool(estimator.fit_intercept)
+    C, mean = state.C, state.mean
+    if not fit_intercept:  # uncentred moments: add the mean back
+        C = C + state.n * torch.outer(mean, mean)
+        mean = torch.zeros_like(mean)
+    gs = GramState(C[:p, :p], C[:p, p:], C[p:, p:].diagonal().clone(), mean[:p], mean[p:], state.n)
+    alpha = float(getattr(estimator, "alpha", 0.0))
+    sol = solve_from_state(gs, alpha)
+    coef = sol.coef
+    xo, yo = gs.X_offset, gs.y_offset
+    estimator.n_features_in_ = p
+    estimator.feature_names_in_ = np.asarray(source.features, dtype=object)
+    estimator._set_coef(coef, xo, yo, k == 1)
+    estimator.rank_, estimator.solver_, estimator.n_iter_ = sol.rank, "streaming-cholesky", 1
+    estimator._R = sol.R
+    sse = gs.yty - 2 * (coef * gs.Xty).sum(0) + (coef * (gs.G @ coef)).sum(0)
+    estimator._fit_info = _info_dict(
+        torch.zeros(int(state.n), 0), None, sse.clamp_min(0), gs.yty, xo
+    )
+    estimator.__dict__.pop("history_", None)
+    return {
+        "rows_read": seen,
+        "rows_fit": int(state.n),
+        "seconds": time.perf_counter() - t0,
+        "cond": sol.cond,
+        "batch_rows": source.batch_rows,
+    }
+
+
+def stream_metrics(
+    estimator: Any,
+    source: TableSource,
+    *,
+    test_fraction: float,
+    seed: int = 0,
+    missing: str = "error",
+    sample: int = 5000,
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """R2, MSE, RMSE and MAE on the held-out rows, reduced across ranks.
+
+    Also returns up to ``sample`` (true, predicted) rows of this rank, for plots.
+    """
+    from regtorch.metrics import RegressionMetrics
+
+    acc = RegressionMetrics()
+    coef, icpt = np.atleast_2d(estimator.coef_), np.atleast_1d(estimator.intercept_)
+    ys, ps, kept = [], [], 0
+    for b in source.batches(missing):
+        sel = _hash01(b.rows, seed) < test_fraction
+        if sel.any():
+            pred = b.X[sel] @ coef.T + icpt  # the linear prediction, without per-batch checks
+            acc.update(b.y[sel], pred)
+            if kept < sample:
+                ys.append(b.y[sel][: sample - kept])
+                ps.append(pred[: sample - kept])
+                kept += len(ys[-1])
+    acc = _all_reduce_metrics(acc, len(source.targets))
+    k = len(source.targets)
+    y_s = np.vstack(ys) if ys else np.zeros((0, k))
+    p_s = np.vstack(ps) if ps else np.zeros((0, k))
+    return acc.compute(force_finite=False), y_s, p_s
+
+
+def _all_reduce_metrics(acc: Any, k: int) -> Any:
+    import torch.distributed as dist
+
+    from regtorch.metrics import RegressionMetrics
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return acc
+    z = torch.zeros(k, dtype=torch.float64)
+    mine = torch.cat(
+        [
+            torch.tensor([acc.n], dtype=torch.float64),
+            *(z if v is None else v.cpu() for v in (acc.mean, acc.m2, acc.sse, acc.sae)),
+        ]
+    )
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, mine)
+    total = RegressionMetrics()
+    for t in parts:
+        if float(t[0]) > 0:
+            total.merge(
+                RegressionMetrics(float(t[0]), *(t[1 + i * k : 1 + (i + 1) * k] for i in range(4)))
+            )
+    return total

@@ -1,0 +1,115 @@
+"""Out-of-core fits: streaming equals in-memory; memory-sized batches; held-out splits."""
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from regtorch import LinearRegression, Ridge
+from regtorch.data import DataError
+from regtorch.streaming import TableSource, _hash01, parse_memory, stream_fit_linear, stream_metrics
+
+
+def make_table(n=5000, p=6, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, p)) * rng.uniform(0.5, 5, size=p) + rng.normal(size=p) * 10
+    y = X @ rng.normal(size=p) + 3 + rng.normal(size=n)
+    df = pd.DataFrame(X, columns=[f"f{i}" for i in range(p)])
+    df["y"] = y
+    return df
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stream")
+    df = make_table()
+    pq.write_table(
+        pa.Table.from_pandas(df, preserve_index=False), d / "t.parquet", row_group_size=700
+    )
+    (d / "parts").mkdir()
+    for i, start in enumerate(range(0, len(df), 1300)):
+        pq.write_table(
+            pa.Table.from_pandas(df.iloc[start : start + 1300], preserve_index=False),
+            d / "parts" / f"part-{i:03d}.parquet",
+            row_group_size=400,
+        )
+    df.to_csv(d / "t.csv", index=False)
+    return d, df
+
+
+@pytest.mark.parametrize("name", ["t.parquet", "parts", "t.csv"])
+@pytest.mark.parametrize(
+    "Est, kw",
+    [
+        (LinearRegression, {}),
+        (Ridge, {"alpha": 10.0}),
+        (LinearRegression, {"fit_intercept": False}),
+    ],
+)
+def test_streaming_equals_in_memory(files, name, Est, kw):
+    d, df = files
+    X, y = df.drop(columns="y"), df["y"]
+    ref = Est(**kw).fit(X, y)
+    est = Est(**kw)
+    info = stream_fit_linear(est, TableSource(d / name, "y", batch_rows=333))
+    assert info["rows_fit"] == len(df)
+    np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-10)
+    assert est.intercept_ == pytest.approx(ref.intercept_, rel=1e-10, abs=1e-10)
+    np.testing.assert_allclose(est.predict(X), ref.predict(X), rtol=1e-10)
+    if Est is LinearRegression:
+        s, r = est.summary(), ref.summary()
+        np.testing.assert_allclose(s.bse, r.bse, rtol=1e-10)
+        np.testing.assert_allclose(s.pvalues, r.pvalues, rtol=1e-8, atol=1e-300)
+        for attr in ("rsquared", "fvalue", "llf", "aic"):
+            assert getattr(s, attr) == pytest.approx(getattr(r, attr), rel=1e-10)
+
+
+def test_held_out_rows_and_metrics(files):
+    d, df = files
+    src = TableSource(d / "t.parquet", "y", batch_rows=500)
+    est = LinearRegression()
+    info = stream_fit_linear(est, src, test_fraction=0.2, seed=3)
+    test = _hash01(np.arange(len(df)), 3) < 0.2
+    assert info["rows_fit"] == int((~test).sum())
+    ref = LinearRegression().fit(df.drop(columns="y")[~test], df.y[~test])
+    np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-10)
+    m, y_s, p_s = stream_metrics(est, src, test_fraction=0.2, seed=3)
+    assert len(y_s) == int(test.sum()) and p_s.shape == y_s.shape
+    from sklearn.metrics import r2_score
+
+    assert m["r2"] == pytest.approx(
+        r2_score(df.y[test], ref.predict(df.drop(columns="y")[test])), rel=1e-10
+    )
+
+
+def test_memory_limit_decides_batch_rows(files):
+    d, _ = files
+    small = TableSource(d / "t.parquet", "y", memory_limit=parse_memory("10MB"))
+    big = TableSource(d / "t.parquet", "y", memory_limit=parse_memory("1GB"))
+    assert small.batch_rows < big.batch_rows
+    assert small.batch_rows * 7 * 8 * 6 <= 10 * 1024**2
+    assert parse_memory("2GB") == 2 * 1024**3 and parse_memory("512mb") == 512 * 1024**2
+    with pytest.raises(ValueError, match="memory size"):
+        parse_memory("lots")
+
+
+def test_streaming_errors(files, tmp_path):
+    d, df = files
+    with pytest.raises(DataError, match="Target column 'price' not found"):
+        TableSource(d / "t.parquet", "price")
+    with pytest.raises(DataError, match="no such file"):
+        TableSource(tmp_path / "none.parquet", "y")
+    bad = df.copy()
+    bad.loc[10, "f1"] = np.nan
+    pq.write_table(pa.Table.from_pandas(bad, preserve_index=False), tmp_path / "nan.parquet")
+    with pytest.raises(DataError, match="Missing or infinite values in column\\(s\\) 'f1' \\(1\\)"):
+        stream_fit_linear(LinearRegression(), TableSource(tmp_path / "nan.parquet", "y"))
+    est = LinearRegression()
+    stream_fit_linear(est, TableSource(tmp_path / "nan.parquet", "y"), missing="drop")
+    ref = LinearRegression().fit(bad.dropna().drop(columns="y"), bad.dropna().y)
+    np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-10)
+    from regtorch import Lasso
+
+    with pytest.raises(ValueError, match="Streaming fits LinearRegression and Ridge"):
+        stream_fit_linear(Lasso(), TableSource(d / "t.parquet", "y"))
