@@ -1,0 +1,159 @@
+"""torchrun launches on CPU (gloo): 2 processes, 2 simulated nodes, and a rank that dies."""
+
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import regtorch
+from regtorch import LinearRegression, Ridge
+from regtorch.streaming import TableSource, stream_fit_linear
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dist")
+    rng = np.random.default_rng(0)
+    n = 6000
+    X = rng.normal(size=(n, 4)) * [1, 2, 3, 4] + [5, -5, 0, 100]
+    df = pd.DataFrame(X, columns=list("abcd"))
+    df["y"] = X @ [1.5, -2.0, 0.5, 0.01] + 7 + rng.normal(size=n)
+    pq.write_table(
+        pa.Table.from_pandas(df, preserve_index=False), d / "t.parquet", row_group_size=1000
+    )
+    bad = df.copy()
+    bad.loc[1500, "a"] = np.nan  # in row group 1: read by rank 1 only
+    pq.write_table(
+        pa.Table.from_pandas(bad, preserve_index=False), d / "bad.parquet", row_group_size=1000
+    )
+    return d, df
+
+
+def _single(d, Est=LinearRegression, **kw):
+    est = Est(**kw)
+    stream_fit_linear(est, TableSource(d / "t.parquet", "y"), test_fraction=0.2, seed=0)
+    return est
+
+
+def test_two_processes_equal_one(data, tmp_path):
+    d, _ = data
+    proc = subprocess.run(
+        [
+            *TORCHRUN,
+            "--nproc_per_node=2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "regtorch",
+            "fit",
+            d / "t.parquet",
+            "--target",
+            "y",
+            "--out",
+            tmp_path / "m",
+            "--timeout",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 processes" in proc.stdout and proc.stdout.count("test metrics") == 1  # rank 0 prints
+    two = regtorch.load(tmp_path / "m")
+    one = _single(d)
+    np.testing.assert_allclose(two.coef_, one.coef_, rtol=1e-10)
+    assert two.intercept_ == pytest.approx(one.intercept_, rel=1e-10)
+    np.testing.assert_allclose(two.summary().bse, one.summary().bse, rtol=1e-10)
+    files = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert files == [
+        "metrics.json",
+        "model.safetensors",
+        "pred_vs_true.png",
+        "report.html",
+        "residuals.png",
+    ]
+
+
+def test_two_nodes_on_loopback(data, tmp_path):
+    d, _ = data
+    port = free_port()
+
+    def cmd(rank):
+        return [
+            *TORCHRUN,
+            "--nnodes=2",
+            f"--node_rank={rank}",
+            "--nproc_per_node=1",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            "--rdzv-id=regtorch-test",
+            "-m",
+            "regtorch",
+            "fit",
+            str(d / "t.parquet"),
+            "--target",
+            "y",
+            "--model",
+            "ridge",
+            "--alpha",
+            "3",
+            "--out",
+            str(tmp_path / f"node{rank}"),
+            "--timeout",
+            "60",
+        ]
+
+    nodes = [
+        subprocess.Popen(cmd(r), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for r in (0, 1)
+    ]
+    outs = [p.communicate(timeout=180) for p in nodes]
+    for p, (_, err) in zip(nodes, outs):
+        assert p.returncode == 0, err[-2000:]
+    written = [r for r in (0, 1) if (tmp_path / f"node{r}" / "model.safetensors").exists()]
+    assert len(written) == 1  # only global rank 0 writes
+    two = regtorch.load(tmp_path / f"node{written[0]}")
+    one = _single(d, Ridge, alpha=3.0)
+    np.testing.assert_allclose(two.coef_, one.coef_, rtol=1e-10)
+
+
+def test_a_rank_that_dies_fails_the_run_instead_of_hanging(data, tmp_path):
+    d, _ = data
+    proc = subprocess.run(
+        [
+            *TORCHRUN,
+            "--nproc_per_node=2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "regtorch",
+            "fit",
+            d / "bad.parquet",
+            "--target",
+            "y",
+            "--out",
+            tmp_path / "m",
+            "--timeout",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode != 0
+    assert "regtorch: error: Missing or infinite values in column(s) 'a' (1)" in proc.stderr
+    assert not (tmp_path / "m" / "model.safetensors").exists()
