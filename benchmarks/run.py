@@ -18,6 +18,7 @@ ENTRIES = {
     "reference": "bench_reference",
     "linear": "bench_linear",
     "mlp": "bench_mlp",
+    "streaming": "bench_streaming",
 }
 
 

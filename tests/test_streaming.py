@@ -85,10 +85,15 @@ def test_held_out_rows_and_metrics(files):
 
 def test_memory_limit_decides_batch_rows(files):
     d, _ = files
-    small = TableSource(d / "t.parquet", "y", memory_limit=parse_memory("10MB"))
-    big = TableSource(d / "t.parquet", "y", memory_limit=parse_memory("1GB"))
+    from regtorch.streaming import _resident_bytes
+
+    held = _resident_bytes()
+    small = TableSource(d / "t.parquet", "y", memory_limit=held + parse_memory("20MB"))
+    big = TableSource(d / "t.parquet", "y", memory_limit=held + parse_memory("1GB"))
     assert small.batch_rows < big.batch_rows
-    assert small.batch_rows * 7 * 8 * 6 <= 10 * 1024**2
+    assert small.batch_rows * 7 * 8 * 6 <= 20 * 1024**2
+    with pytest.raises(DataError, match="too small: this process already holds"):
+        TableSource(d / "t.parquet", "y", memory_limit=parse_memory("10MB"))
     assert parse_memory("2GB") == 2 * 1024**3 and parse_memory("512mb") == 512 * 1024**2
     with pytest.raises(ValueError, match="memory size"):
         parse_memory("lots")

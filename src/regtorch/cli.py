@@ -303,9 +303,14 @@ def _fit_streaming(args: argparse.Namespace, out: Path | None) -> int:
             seed=args.seed,
             progress=sys.stderr.isatty(),
         )
-        metrics, y_s, p_s = stream_metrics(
-            est, source, test_fraction=args.test_size, seed=args.seed, missing=args.missing
-        )
+        import numpy as np
+
+        metrics: dict[str, float] = {}
+        y_s = p_s = np.zeros((0, len(source.targets)))
+        if args.test_size > 0:  # a second pass, over the held-out rows
+            metrics, y_s, p_s = stream_metrics(
+                est, source, test_fraction=args.test_size, seed=args.seed, missing=args.missing
+            )
         if rank != 0:
             return 0
         rate = info["rows_read"] * world / max(info["seconds"], 1e-9)
@@ -315,12 +320,16 @@ def _fit_streaming(args: argparse.Namespace, out: Path | None) -> int:
             f"rows, {rate:,.0f} rows/s; held-out test share {args.test_size:g}"
         )
         m = {"model": {k: (None if not math.isfinite(v) else v) for k, v in metrics.items()}}
-        print(
-            format_table(
-                ["test metrics", "R2", "MSE", "RMSE", "MAE"],
-                [[k, v["r2"], v["mse"], v["rmse"], v["mae"]] for k, v in m.items()],
+        if metrics:
+            print(
+                format_table(
+                    ["test metrics", "R2", "MSE", "RMSE", "MAE"],
+                    [[k, v["r2"], v["mse"], v["rmse"], v["mae"]] for k, v in m.items()],
+                )
             )
-        )
+        else:
+            m = {}
+            print("No held-out rows (--test-size 0): no test metrics.")
         names = list(source.features)
         coef = _coef_table(est, names)
         if coef is not None:
@@ -383,22 +392,23 @@ def _write_outputs(
             images.append(
                 (plotting.plot_loss_curves(est.history_, stage / "loss_curves.png"), "loss curves")
             )
-        images.append(
-            (
-                plotting.plot_predicted_vs_true(
-                    y_test, pred, stage / "pred_vs_true.png", title="Predicted vs true (test)"
-                ),
-                "predicted versus true",
+        if len(y_test):  # no held-out rows (a streamed fit with --test-size 0): no plots
+            images.append(
+                (
+                    plotting.plot_predicted_vs_true(
+                        y_test, pred, stage / "pred_vs_true.png", title="Predicted vs true (test)"
+                    ),
+                    "predicted versus true",
+                )
             )
-        )
-        images.append(
-            (
-                plotting.plot_residuals(
-                    y_test, pred, stage / "residuals.png", title="Residuals (test)"
-                ),
-                "residuals",
+            images.append(
+                (
+                    plotting.plot_residuals(
+                        y_test, pred, stage / "residuals.png", title="Residuals (test)"
+                    ),
+                    "residuals",
+                )
             )
-        )
         info = [
             ("model", record["model"]),
             ("data", args.data),

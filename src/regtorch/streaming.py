@@ -30,6 +30,8 @@ __all__ = [
     "stream_fit_linear",
 ]
 
+# centre a batch explicitly when a column's squared mean exceeds its variance this many times
+CANCELLATION_RATIO = 1e3
 # bytes held per value of a batch: the Arrow batch, the float64 copy, a centred copy, slack
 BYTES_PER_VALUE = 8 * 6
 
@@ -70,6 +72,29 @@ def parse_memory(text: str) -> int:
         ) from None
 
 
+def _resident_bytes() -> int:
+    """This process's resident memory now (Linux; 0 where unknown)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _batch_matrix(rb: Any, cols: list[str]) -> np.ndarray:
+    """A record batch's columns as one column-major float64 matrix (nulls become NaN)."""
+    import pyarrow as pa
+
+    try:  # one C++ copy for all columns; bool columns are not supported there
+        Z = np.asarray(rb.select(cols).to_tensor(null_to_nan=True, row_major=False))
+        return Z if Z.dtype == np.float64 else Z.astype(np.float64, order="F")
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, TypeError):
+        Z = np.empty((rb.num_rows, len(cols)), dtype=np.float64, order="F")
+        for j, c in enumerate(cols):
+            Z[:, j] = rb.column(c).to_numpy(zero_copy_only=False)
+        return Z
+
+
 def _rank_world() -> tuple[int, int]:
     import torch.distributed as dist
 
@@ -90,11 +115,19 @@ def _hash01(index: np.ndarray, seed: int) -> np.ndarray:
 
 @dataclass
 class Batch:
-    """Rows of a table: ``X`` (n, p), ``y`` (n, k), global row indices (n,)."""
+    """Rows of a table: ``Z = [X, y]`` (n, p + k), column-major, and global row indices."""
 
-    X: np.ndarray
-    y: np.ndarray
+    Z: np.ndarray
     rows: np.ndarray
+    p: int
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.Z[:, : self.p]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.Z[:, self.p :]
 
 
 class TableSource:
@@ -194,9 +227,26 @@ class TableSource:
         width = len(feats) + len(self.targets)
         budget = memory_limit or default_memory_limit()
         self.memory_limit = budget
-        self.batch_rows = int(
-            batch_rows or max(1024, min(1 << 21, budget // (8 * BYTES_PER_VALUE * width)))
-        )
+        # the budget is for the whole process: what is already resident (Python, torch,
+        # pyarrow) is not available to batches, and Parquet decodes a row group whole
+        held, group = _resident_bytes(), self._largest_row_group_bytes(width)
+        free = budget - held - group
+        if batch_rows is None and free < BYTES_PER_VALUE * width * 4096:
+            raise DataError(
+                f"A memory limit of {budget / 2**20:.0f} MiB is too small: this process already "
+                f"holds {held / 2**20:.0f} MiB and a row group decodes to {group / 2**20:.0f} "
+                "MiB; allow more memory (e.g. --memory-limit 2GB)."
+            )
+        # at most 64k rows: larger batches fall out of cache and slow the Gram (measured)
+        self.batch_rows = int(batch_rows or min(1 << 16, free // (BYTES_PER_VALUE * width)))
+
+    def _largest_row_group_bytes(self, width: int) -> int:
+        if self.kind != "parquet" or not self.units:
+            return 0
+        import pyarrow.parquet as pq
+
+        rows = max(pq.ParquetFile(f).metadata.row_group(g).num_rows for f, g, _ in self.units[:256])
+        return int(rows * width * 8)
 
     def _csv_schema(self) -> tuple[list[str], dict[str, Any]]:
 
@@ -227,9 +277,7 @@ class TableSource:
     def _to_numpy(self, rb: Any, first_row: int, missing: str) -> Batch:
         cols = self.features + self.targets
         n = rb.num_rows
-        Z = np.empty((n, len(cols)), dtype=np.float64)
-        for j, c in enumerate(cols):
-            Z[:, j] = rb.column(c).to_numpy(zero_copy_only=False)
+        Z = _batch_matrix(rb, cols)
         rows = np.arange(first_row, first_row + n, dtype=np.int64)
         bad = ~np.isfinite(Z)
         if bad.any():
@@ -242,8 +290,7 @@ class TableSource:
                 )
             keep = ~bad.any(1)
             Z, rows = Z[keep], rows[keep]
-        p = len(self.features)
-        return Batch(Z[:, :p], Z[:, p:], rows)
+        return Batch(Z, rows, len(self.features))
 
     def batches(self, missing: str = "error", epoch_seed: int | None = None) -> Iterator[Batch]:
         """This rank's batches; with ``epoch_seed`` the row groups come in a shuffled order."""
@@ -291,9 +338,16 @@ class MomentState:
         """Add a batch ``(rows, m)`` in float64."""
         if Z.shape[0] == 0:
             return
+        n = float(Z.shape[0])
         mb = Z.mean(0)
-        Zc = Z - mb
-        self.merge(MomentState(float(Z.shape[0]), mb, Zc.mT @ Zc))
+        # raw Gram minus the mean's share: no centred copy of the batch; where a column's
+        # mean dwarfs its spread that subtraction would cancel digits, so centre instead
+        C = Z.mT @ Z - n * torch.outer(mb, mb)
+        spread = C.diagonal()
+        if bool((n * mb.square() > CANCELLATION_RATIO * spread.clamp_min(1e-300)).any()):
+            Zc = Z - mb
+            C = Zc.mT @ Zc
+        self.merge(MomentState(n, mb, C))
 
     def merge(self, other: MomentState) -> None:
         """Fold ``other`` into this state."""
@@ -355,6 +409,46 @@ class _Progress:
             self.bar.close()
 
 
+def _prefetch(it: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
+    """Read the next batches in a thread while this one is reduced (pyarrow and the GEMM
+    release the GIL); at most ``depth`` batches wait, so memory stays bounded."""
+    import queue
+    import threading
+
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for b in it:
+                while not stop.is_set():
+                    try:
+                        q.put(b, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put(exc)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        t.join(timeout=5)
+
+
 def _accumulate(
     source: TableSource,
     keep: Callable[[np.ndarray], np.ndarray] | None,
@@ -366,12 +460,25 @@ def _accumulate(
     rank, world = _rank_world()
     total = None if source.n_rows is None else source.n_rows // world
     bar = _Progress(total, progress and rank == 0, desc)
+    from regtorch.training import _num_threads
+
+    # one torch thread: pyarrow's decoding threads keep the other cores busy (measured faster)
+    with _num_threads(1):
+        return _accumulate_loop(source, keep, missing, state, bar)
+
+
+def _accumulate_loop(
+    source: TableSource,
+    keep: Callable[[np.ndarray], np.ndarray] | None,
+    missing: str,
+    state: MomentState,
+    bar: _Progress,
+) -> tuple[MomentState, int]:
     seen = 0
     try:
-        for b in source.batches(missing):
-            sel = slice(None) if keep is None else keep(b.rows)
-            Z = torch.from_numpy(np.hstack([b.X[sel], b.y[sel]]))
-            state.update(Z)
+        for b in _prefetch(source.batches(missing)):
+            Z = b.Z if keep is None else b.Z[keep(b.rows)]
+            state.update(torch.from_numpy(Z))
             seen += len(b.rows)
             bar.update(len(b.rows))
     finally:
