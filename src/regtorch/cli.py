@@ -272,17 +272,17 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _fit_streaming(args: argparse.Namespace, out: Path | None) -> int:
     """One pass over a table larger than memory (and over ranks, under torchrun)."""
-    if args.model not in ("linear", "ridge"):
+    if args.model not in ("linear", "ridge", "mlp"):
         raise UserError(
-            f"--model {args.model}: out-of-core and distributed fits support linear and ridge "
-            "(one pass over a mergeable state); fit the others on data that fit in memory."
+            f"--model {args.model}: out-of-core and distributed fits support linear, ridge "
+            "(one pass over a mergeable state) and mlp; fit lasso and elasticnet in memory."
         )
     if args.categorical != "error":
         raise UserError(
             "--categorical onehot needs the whole table in memory; drop the text columns."
         )
     from regtorch import distributed
-    from regtorch.streaming import TableSource, stream_fit_linear, stream_metrics
+    from regtorch.streaming import TableSource, stream_fit_linear, stream_fit_mlp, stream_metrics
 
     distributed.init_from_env(args.device, timeout_s=args.timeout)
     try:
@@ -295,13 +295,21 @@ def _fit_streaming(args: argparse.Namespace, out: Path | None) -> int:
             sep=args.sep,
         )
         est = _estimator(args, len(source.targets))
-        info = stream_fit_linear(
+        fit_stream: Any
+        if args.model == "mlp":
+            est.set_params(verbose=False)
+            fit_stream = stream_fit_mlp
+            extra_kw: dict[str, Any] = {"val_fraction": args.val_size}
+        else:
+            fit_stream, extra_kw = stream_fit_linear, {}
+        info = fit_stream(
             est,
             source,
             missing=args.missing,
             test_fraction=args.test_size,
             seed=args.seed,
             progress=sys.stderr.isatty(),
+            **extra_kw,
         )
         import numpy as np
 
@@ -313,7 +321,9 @@ def _fit_streaming(args: argparse.Namespace, out: Path | None) -> int:
             )
         if rank != 0:
             return 0
-        rate = info["rows_read"] * world / max(info["seconds"], 1e-9)
+        # rows processed per second: every epoch's rows for the MLP
+        done = info.get("rows_read", info["rows_fit"] * info.get("epochs", 1))
+        rate = done * (world if "rows_read" in info else 1) / max(info["seconds"], 1e-9)
         print(
             f"{type(est).__name__} (streamed, {world} process{'es' if world > 1 else ''}, "
             f"batches of {info['batch_rows']} rows) on {args.data}: {info['rows_fit']} train "

@@ -10,12 +10,13 @@ the same answer.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -566,12 +567,19 @@ def stream_metrics(
     from regtorch.metrics import RegressionMetrics
 
     acc = RegressionMetrics()
-    coef, icpt = np.atleast_2d(estimator.coef_), np.atleast_1d(estimator.intercept_)
+    linear = hasattr(estimator, "coef_")
     ys, ps, kept = [], [], 0
     for b in source.batches(missing):
         sel = _hash01(b.rows, seed) < test_fraction
         if sel.any():
-            pred = b.X[sel] @ coef.T + icpt  # the linear prediction, without per-batch checks
+            if linear:  # the linear prediction, without per-batch input checks
+                coef, icpt = np.atleast_2d(estimator.coef_), np.atleast_1d(estimator.intercept_)
+                pred = b.X[sel] @ coef.T + icpt
+            else:
+                import pandas as pd
+
+                frame = pd.DataFrame(b.X[sel], columns=source.features)
+                pred = estimator.predict(frame).reshape(int(sel.sum()), -1)
             acc.update(b.y[sel], pred)
             if kept < sample:
                 ys.append(b.y[sel][: sample - kept])
@@ -607,3 +615,194 @@ def _all_reduce_metrics(acc: Any, k: int) -> Any:
                 RegressionMetrics(float(t[0]), *(t[1 + i * k : 1 + (i + 1) * k] for i in range(4)))
             )
     return total
+
+
+def _reduce_sum(values: list[float]) -> list[float]:
+    """Sum floats over ranks (identity outside a process group)."""
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def stream_fit_mlp(
+    estimator: Any,
+    source: TableSource,
+    *,
+    missing: str = "error",
+    test_fraction: float = 0.0,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    shuffle_rows: int | None = None,
+    max_val_rows: int = 200_000,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train an ``MLPRegressor`` on a table streamed from disk, epoch after epoch.
+
+    A first pass computes the standardisation statistics of the training rows. Each epoch
+    visits this rank's row groups in a seeded order and draws mini-batches from a bounded
+    shuffle buffer (``shuffle_rows``, from the memory budget). Rows are split by a seeded hash
+    of their index: test (``test_fraction``), validation (next ``val_fraction``, at most
+    ``max_val_rows`` per rank kept in memory) and training. Under ``torchrun`` the module is
+    wrapped in ``DistributedDataParallel`` (gloo on CPU, NCCL on CUDA) and each rank takes
+    ``batch_size / world_size`` rows per step, so the global batch is preserved; uneven
+    shares are handled by ``torch.distributed.algorithms.Join``. The weights of the epoch
+    with the lowest validation loss are kept.
+    """
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.algorithms import Join
+    from torch.nn.parallel import DistributedDataParallel
+
+    from regtorch.estimators.mlp import MLPRegressor
+    from regtorch.modules import MLP
+    from regtorch.training import History, _num_threads, init_module, make_optimizer, make_scheduler
+
+    if type(estimator) is not MLPRegressor:
+        raise ValueError(f"stream_fit_mlp trains an MLPRegressor, got {type(estimator).__name__}.")
+    estimator._check_params()
+    if estimator.solver == "lbfgs":
+        raise ValueError(
+            "solver='lbfgs' needs full batches; streamed training uses adam, adamw or sgd."
+        )
+    rank, world = _rank_world()
+    p, k = len(source.features), len(source.targets)
+    lo, hi = test_fraction, test_fraction + val_fraction
+
+    def part(rows: np.ndarray) -> np.ndarray:
+        return _hash01(rows, seed)
+
+    t0 = time.perf_counter()
+    moments, _ = _accumulate(source, lambda r: part(r) >= hi, missing, progress, "statistics")
+    moments = moments.all_reduce(p + k)
+    if moments.n < 2 or moments.mean is None or moments.C is None:
+        raise DataError(f"{source.path}: fewer than 2 training rows.")
+    mean = moments.mean.numpy()
+    std = np.sqrt(np.maximum(moments.C.diagonal().numpy() / moments.n, 0.0))
+    if not estimator.standardize:
+        mean, std = np.zeros_like(mean), np.ones_like(std)
+    std = np.where(std > 0, std, 1.0)
+    x_mean, x_scale, y_mean, y_scale = mean[:p], std[:p], mean[p:], std[p:]
+
+    def scaled(Z: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(((Z - mean) / std).astype(np.float32))
+
+    # validation rows, bounded
+    val_parts, kept = [], 0
+    for b in source.batches(missing):
+        h = part(b.rows)
+        sel = (h >= lo) & (h < hi)
+        if sel.any() and kept < max_val_rows:
+            val_parts.append(scaled(b.Z[sel][: max_val_rows - kept]))
+            kept += len(val_parts[-1])
+    V = torch.cat(val_parts) if val_parts else torch.zeros(0, p + k)
+
+    sizes = estimator.hidden_layer_sizes
+    sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)
+    module = MLP(p, sizes, k, estimator.activation)
+    init_module(module, seed)
+    model: torch.nn.Module = module
+    if world > 1:
+        model = DistributedDataParallel(module)
+    bs, epochs = estimator._plan(int(moments.n))
+    global_bs = bs or 1024
+    local_bs = max(1, global_bs // world)
+    lr = float(estimator.lr if estimator.lr is not None else estimator.learning_rate_init)
+    opt = make_optimizer(estimator.solver, model.parameters(), lr, float(estimator.alpha))
+    sched = make_scheduler(estimator.lr_schedule, opt, epochs)
+    buffer_rows = int(shuffle_rows or max(local_bs * 8, source.batch_rows * 4))
+    gen = torch.Generator().manual_seed(seed * 1000 + rank)
+    loss_fn = torch.nn.MSELoss()
+    hist = History()
+    best, best_state, best_epoch = math.inf, None, 0
+
+    def steps(buf: torch.Tensor) -> tuple[float, int]:
+        total, n = 0.0, 0
+        perm = torch.randperm(len(buf), generator=gen)
+        for i in range(0, len(buf) - local_bs + 1, local_bs):
+            zb = buf[perm[i : i + local_bs]]
+            opt.zero_grad(set_to_none=True)
+            out = loss_fn(model(zb[:, :p]), zb[:, p:])
+            out.backward()
+            opt.step()
+            total += float(out.detach()) * len(zb)
+            n += len(zb)
+        return total, n
+
+    with _num_threads(None):
+        for epoch in range(epochs):
+            module.train()
+            lrs = float(opt.param_groups[0]["lr"])
+            total, count = 0.0, 0
+            carry = torch.zeros(0, p + k)
+            with Join([cast(Any, model)]) if world > 1 else _null():
+                for b in source.batches(missing, epoch_seed=seed * 7919 + epoch):
+                    sel = part(b.rows) >= hi
+                    if not sel.any():
+                        continue
+                    carry = torch.cat([carry, scaled(b.Z[sel])])
+                    if len(carry) >= buffer_rows:
+                        used = (len(carry) // local_bs) * local_bs
+                        t_, n_ = steps(carry[:used])
+                        total, count = total + t_, count + n_
+                        carry = carry[used:]
+                if len(carry) >= local_bs:
+                    t_, n_ = steps(carry)
+                    total, count = total + t_, count + n_
+            if sched is not None:
+                sched.step()
+            module.eval()
+            with torch.inference_mode():
+                vs = float(((module(V[:, :p]) - V[:, p:]) ** 2).mean(1).sum()) if len(V) else 0.0
+            t_sum, t_n, v_sum, v_n = _reduce_sum([total, count, vs, float(len(V))])
+            train_loss = t_sum / max(t_n, 1)
+            val_loss = v_sum / v_n if v_n else math.nan
+            if not math.isfinite(train_loss):
+                raise ValueError(
+                    f"Training diverged at epoch {epoch + 1}: the loss became {train_loss}. "
+                    f"Lower the learning rate (it was {lr:g})."
+                )
+            hist.train_loss.append(train_loss)
+            hist.lr.append(lrs)
+            hist.time.append(time.perf_counter() - t0)
+            if v_n:
+                hist.val_loss.append(val_loss)
+            score = val_loss if v_n else train_loss
+            if score < best:
+                best, best_epoch = score, epoch + 1
+                best_state = copy.deepcopy(module.state_dict())
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    estimator.n_features_in_ = p
+    estimator.feature_names_in_ = np.asarray(source.features, dtype=object)
+    estimator.x_mean_, estimator.x_scale_ = x_mean, x_scale
+    estimator.y_mean_, estimator.y_scale_ = y_mean, y_scale
+    estimator.module_ = module
+    estimator._module64 = copy.deepcopy(module).to(dtype=torch.float64).eval()
+    estimator.history_ = hist
+    estimator.n_iter_ = len(hist)
+    estimator.loss_curve_ = list(hist.train_loss)
+    estimator.best_epoch_ = best_epoch or len(hist)
+    estimator._n_outputs = k
+    estimator._y_1d = k == 1
+    if world > 1:
+        dist.barrier()
+    return {
+        "rows_fit": int(moments.n),
+        "seconds": time.perf_counter() - t0,
+        "epochs": len(hist),
+        "global_batch": global_bs,
+        "batch_rows": source.batch_rows,
+    }
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
