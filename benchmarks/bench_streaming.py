@@ -46,6 +46,24 @@ def _dataset(gb: float) -> Path:
     return path
 
 
+def _dataset_small() -> Path:
+    path = Path(tempfile.gettempdir()) / "regtorch-bench-mlp.parquet"
+    if not path.exists() or not path.with_suffix(".json").exists():
+        subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "make_large_parquet.py"),
+                "--gb",
+                "0.15",
+                "--out",
+                str(path),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    return path
+
+
 def _raw_read(path: Path, batch_rows: int) -> float:
     import pyarrow.parquet as pq
 
@@ -172,6 +190,45 @@ def run(args: Any) -> str:
         )
     except RuntimeError as exc:  # pragma: no cover - reported, not hidden
         rows_out.append(["torchrun --nproc_per_node=2", f"failed: {exc}", "", "", "", ""])
+    # one MLP epoch, 1 vs 2 processes, on a smaller table (MLP 64-64, global batch 1024)
+    small = _dataset_small()
+    mlp = [
+        "fit",
+        str(small),
+        "--target",
+        "y",
+        "--model",
+        "mlp",
+        "--hidden",
+        "64,64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "1024",
+        "--test-size",
+        "0",
+        "--val-size",
+        "0.01",
+    ]
+    try:
+        m1, _, _ = _cli([*mlp, "--stream", "--out", str(out / "mlp1")])
+        m2, _, _ = _cli([*mlp, "--out", str(out / "mlp2")], torchrun=2)
+        n_small = json.loads(small.with_suffix(".json").read_text())["rows"]
+        rows_out.append(
+            [f"MLP epoch, 1 process ({n_small:,} rows, CLI)", m1, n_small / m1, "-", "-", "-"]
+        )
+        rows_out.append(
+            [
+                "MLP epoch, torchrun 2 processes (DDP, CLI)",
+                m2,
+                n_small / m2,
+                "-",
+                f"{m1 / m2:.2f}x of 1 process",
+                "-",
+            ]
+        )
+    except RuntimeError as exc:  # pragma: no cover
+        rows_out.append(["MLP epoch 1 vs 2 processes", f"failed: {exc}", "", "", "", ""])
     head = (
         f"{path} ({size_mb:.0f} MB, {rows:,} rows x {meta['features']} features; batches of "
         f"{src.batch_rows:,} rows for a {budget} budget)\n"

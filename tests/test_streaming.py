@@ -118,3 +118,45 @@ def test_streaming_errors(files, tmp_path):
 
     with pytest.raises(ValueError, match="Streaming fits LinearRegression and Ridge"):
         stream_fit_linear(Lasso(), TableSource(d / "t.parquet", "y"))
+
+
+def test_streamed_mlp_learns_and_keeps_the_best_epoch(tmp_path):
+    from regtorch import MLPRegressor
+    from regtorch.streaming import stream_fit_mlp
+
+    rng = np.random.default_rng(0)
+    n = 6000
+    X = rng.normal(size=(n, 3))
+    df = pd.DataFrame(X, columns=["a", "b", "c"])
+    df["y"] = np.sin(2 * X[:, 0]) + X[:, 1] + 0.05 * rng.normal(size=n)
+    pq.write_table(
+        pa.Table.from_pandas(df, preserve_index=False), tmp_path / "m.parquet", row_group_size=700
+    )
+    est = MLPRegressor(max_epochs=15, batch_size=128, random_state=0, device="cpu")
+    info = stream_fit_mlp(
+        est,
+        TableSource(tmp_path / "m.parquet", "y", batch_rows=500),
+        test_fraction=0.2,
+        val_fraction=0.1,
+        seed=1,
+    )
+    assert info["epochs"] == len(est.history_) == 15 and len(est.history_.val_loss) == 15
+    assert est.best_epoch_ == int(np.argmin(est.history_.val_loss)) + 1
+    m, _, _ = stream_metrics(
+        est, TableSource(tmp_path / "m.parquet", "y"), test_fraction=0.2, seed=1
+    )
+    assert m["r2"] > 0.95
+    test = _hash01(np.arange(n), 1) < 0.2
+    np.testing.assert_allclose(est.score(df[["a", "b", "c"]][test], df.y[test]), m["r2"], rtol=1e-9)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_streamed_mlp_on_cuda(tmp_path):
+    from regtorch import MLPRegressor
+    from regtorch.streaming import stream_fit_mlp
+
+    df = make_table(3000, 3)
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp_path / "c.parquet")
+    est = MLPRegressor(max_epochs=5, random_state=0, device="cuda")
+    stream_fit_mlp(est, TableSource(tmp_path / "c.parquet", "y"))
+    assert next(est.module_.parameters()).is_cuda

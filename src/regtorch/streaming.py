@@ -687,8 +687,14 @@ def stream_fit_mlp(
     std = np.where(std > 0, std, 1.0)
     x_mean, x_scale, y_mean, y_scale = mean[:p], std[:p], mean[p:], std[p:]
 
+    from regtorch._validation import resolve_device
+
+    dev = resolve_device(estimator.device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", torch.cuda.current_device())  # set by init_from_env
+
     def scaled(Z: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(((Z - mean) / std).astype(np.float32))
+        return torch.from_numpy(((Z - mean) / std).astype(np.float32)).to(dev)
 
     # validation rows, bounded
     val_parts, kept = [], 0
@@ -698,15 +704,18 @@ def stream_fit_mlp(
         if sel.any() and kept < max_val_rows:
             val_parts.append(scaled(b.Z[sel][: max_val_rows - kept]))
             kept += len(val_parts[-1])
-    V = torch.cat(val_parts) if val_parts else torch.zeros(0, p + k)
+    V = torch.cat(val_parts) if val_parts else torch.zeros(0, p + k, device=dev)
 
     sizes = estimator.hidden_layer_sizes
     sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)
     module = MLP(p, sizes, k, estimator.activation)
     init_module(module, seed)
+    module.to(dev)
     model: torch.nn.Module = module
     if world > 1:
-        model = DistributedDataParallel(module)
+        model = DistributedDataParallel(
+            module, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
     bs, epochs = estimator._plan(int(moments.n))
     global_bs = bs or 1024
     local_bs = max(1, global_bs // world)
@@ -721,7 +730,7 @@ def stream_fit_mlp(
 
     def steps(buf: torch.Tensor) -> tuple[float, int]:
         total, n = 0.0, 0
-        perm = torch.randperm(len(buf), generator=gen)
+        perm = torch.randperm(len(buf), generator=gen).to(dev)
         for i in range(0, len(buf) - local_bs + 1, local_bs):
             zb = buf[perm[i : i + local_bs]]
             opt.zero_grad(set_to_none=True)
@@ -737,7 +746,7 @@ def stream_fit_mlp(
             module.train()
             lrs = float(opt.param_groups[0]["lr"])
             total, count = 0.0, 0
-            carry = torch.zeros(0, p + k)
+            carry = torch.zeros(0, p + k, device=dev)
             with Join([cast(Any, model)]) if world > 1 else _null():
                 for b in source.batches(missing, epoch_seed=seed * 7919 + epoch):
                     sel = part(b.rows) >= hi
@@ -782,7 +791,7 @@ def stream_fit_mlp(
     estimator.x_mean_, estimator.x_scale_ = x_mean, x_scale
     estimator.y_mean_, estimator.y_scale_ = y_mean, y_scale
     estimator.module_ = module
-    estimator._module64 = copy.deepcopy(module).to(dtype=torch.float64).eval()
+    estimator._module64 = copy.deepcopy(module).to(device="cpu", dtype=torch.float64).eval()
     estimator.history_ = hist
     estimator.n_iter_ = len(hist)
     estimator.loss_curve_ = list(hist.train_loss)
