@@ -160,3 +160,27 @@ def test_streamed_mlp_on_cuda(tmp_path):
     est = MLPRegressor(max_epochs=5, random_state=0, device="cuda")
     stream_fit_mlp(est, TableSource(tmp_path / "c.parquet", "y"))
     assert next(est.module_.parameters()).is_cuda
+
+
+def test_ill_conditioned_or_perfect_fits_take_the_qr_pass(tmp_path):
+    rng = np.random.default_rng(5)
+    n = 4000
+    base = rng.normal(size=n)
+    df = pd.DataFrame(
+        {"a": base, "b": base + 1e-5 * rng.normal(size=n), "c": rng.normal(size=n) + 1e3}
+    )
+    df["y"] = df.a - 2 * df.b + 0.5 * df.c + 0.01 * rng.normal(size=n)
+    pq.write_table(
+        pa.Table.from_pandas(df, preserve_index=False), tmp_path / "ill.parquet", row_group_size=600
+    )
+    ref = LinearRegression().fit(df[["a", "b", "c"]], df.y)
+    est = LinearRegression()
+    stream_fit_linear(est, TableSource(tmp_path / "ill.parquet", "y", batch_rows=250))
+    assert est.solver_ == "streaming-tsqr"
+    np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-8)
+    np.testing.assert_allclose(est.summary().bse, ref.summary().bse, rtol=1e-8)
+    ridge = Ridge(alpha=0.5)
+    stream_fit_linear(ridge, TableSource(tmp_path / "ill.parquet", "y", batch_rows=250))
+    np.testing.assert_allclose(
+        ridge.coef_, Ridge(alpha=0.5).fit(df[["a", "b", "c"]], df.y).coef_, rtol=1e-8
+    )

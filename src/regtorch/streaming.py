@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,10 @@ __all__ = [
     "stream_fit_linear",
 ]
 
+# a one-pass fit takes a second, QR pass above this condition number of the scaled Gram
+STREAM_QR_COND = 1e6
+# and warns above this one if the QR pass was not possible
+STREAM_COND_WARN = 1e8
 # centre a batch explicitly when a column's squared mean exceeds its variance this many times
 CANCELLATION_RATIO = 1e3
 # bytes held per value of a batch: the Arrow batch, the float64 copy, a centred copy, slack
@@ -487,6 +492,66 @@ def _accumulate_loop(
     return state, seen
 
 
+def _solve_gram_quietly(gs: Any, alpha: float) -> Any:
+    """solve_from_state without its warnings: the caller decides (it may take the QR path)."""
+    from regtorch.solvers import solve_from_state
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return solve_from_state(gs, alpha)
+
+
+def _tsqr(
+    source: TableSource,
+    keep: Callable[[np.ndarray], np.ndarray] | None,
+    missing: str,
+    mean: torch.Tensor,
+    m: int,
+) -> torch.Tensor:
+    """R factor (m, m) of the centred ``[X, y]``: per-batch QR, stacked; merged over ranks."""
+    import torch.distributed as dist
+
+    R = torch.zeros(0, m, dtype=torch.float64)
+    with _num_threads_one():
+        for b in _prefetch(source.batches(missing)):
+            Z = b.Z if keep is None else b.Z[keep(b.rows)]
+            if len(Z):
+                stacked = torch.cat([R, torch.from_numpy(np.ascontiguousarray(Z)) - mean])
+                R = torch.linalg.qr(stacked, mode="r")[1]
+    if len(R) < m:  # fewer rows than columns on this rank: pad to a square factor
+        R = torch.cat([R, torch.zeros(m - len(R), m, dtype=torch.float64)])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts = [torch.empty_like(R) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, R.contiguous())
+        R = torch.linalg.qr(torch.cat(parts), mode="r")[1]
+    return R
+
+
+def _num_threads_one() -> Any:
+    from regtorch.training import _num_threads
+
+    return _num_threads(1)
+
+
+def _solve_from_r(
+    R: torch.Tensor, p: int, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Coefficients, sse and the X factor from the R of ``[Xc, yc]``; None if singular."""
+    Rxx, rxy, Ryy = R[:p, :p], R[:p, p:], R[p:, p:]
+    d = Rxx.diagonal().abs()
+    if p and float(d.min()) <= float(d.max()) * p * 1e-14:
+        return None
+    if alpha > 0:
+        aug = torch.cat([Rxx, math.sqrt(alpha) * torch.eye(p, dtype=R.dtype)])
+        rhs = torch.cat([rxy, torch.zeros(p, rxy.shape[1], dtype=R.dtype)])
+        Q, Ra = torch.linalg.qr(aug)
+        coef = torch.linalg.solve_triangular(Ra, Q.mT @ rhs, upper=True)
+        resid = torch.cat([rxy - Rxx @ coef, Ryy])
+        return coef, resid.square().sum(0), Rxx
+    coef = torch.linalg.solve_triangular(Rxx, rxy, upper=True)
+    return coef, Ryy.square().sum(0), Rxx
+
+
 def stream_fit_linear(
     estimator: Any,
     source: TableSource,
@@ -504,7 +569,7 @@ def stream_fit_linear(
     ``summary()`` like an in-memory fit.
     """
     from regtorch.estimators.linear import LinearRegression, Ridge, _info_dict
-    from regtorch.solvers import GramState, solve_from_state
+    from regtorch.solvers import GramState, RankWarning
 
     if type(estimator) not in (LinearRegression, Ridge):
         raise ValueError(
@@ -529,15 +594,40 @@ def stream_fit_linear(
         mean = torch.zeros_like(mean)
     gs = GramState(C[:p, :p], C[:p, p:], C[p:, p:].diagonal().clone(), mean[:p], mean[p:], state.n)
     alpha = float(getattr(estimator, "alpha", 0.0))
-    sol = solve_from_state(gs, alpha)
+    sol = _solve_gram_quietly(gs, alpha)
     coef = sol.coef
+    sse = gs.yty - 2 * (coef * gs.Xty).sum(0) + (coef * (gs.G @ coef)).sum(0)
+    method = "streaming-cholesky"
+    # the stable path: a second pass, a tall-skinny QR of the centred data, when the Gram
+    # is ill-conditioned or the fit so good that sse from the Gram would cancel
+    if sol.rank == p and (
+        sol.cond is None or sol.cond > STREAM_QR_COND or bool((sse < 1e-6 * gs.yty).any())
+    ):
+        R = _tsqr(source, keep, missing, mean, p + k)
+        qr_sol = _solve_from_r(R, p, alpha)
+        if qr_sol is not None:
+            coef, sse, R_xx = qr_sol
+            sol.R = R_xx if alpha == 0 else None
+            method = "streaming-tsqr"
+    if method == "streaming-cholesky" and sol.cond is not None and sol.cond > STREAM_COND_WARN:
+        warnings.warn(
+            f"The scaled Gram matrix is ill-conditioned (condition number {sol.cond:.2g}).",
+            UserWarning,
+            stacklevel=2,
+        )
+    if sol.rank < p:
+        warnings.warn(
+            f"The design matrix is rank deficient (rank {sol.rank} < {p} features); returning "
+            "the minimum-norm least-squares solution.",
+            RankWarning,
+            stacklevel=2,
+        )
     xo, yo = gs.X_offset, gs.y_offset
     estimator.n_features_in_ = p
     estimator.feature_names_in_ = np.asarray(source.features, dtype=object)
     estimator._set_coef(coef, xo, yo, k == 1)
-    estimator.rank_, estimator.solver_, estimator.n_iter_ = sol.rank, "streaming-cholesky", 1
+    estimator.rank_, estimator.solver_, estimator.n_iter_ = sol.rank, method, 1
     estimator._R = sol.R
-    sse = gs.yty - 2 * (coef * gs.Xty).sum(0) + (coef * (gs.G @ coef)).sum(0)
     estimator._fit_info = _info_dict(
         torch.zeros(int(state.n), 0), None, sse.clamp_min(0), gs.yty, xo
     )
