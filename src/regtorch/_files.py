@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_bytes_atomic", "write_json_atomic"]
+__all__ = ["read_safetensors", "write_bytes_atomic", "write_json_atomic"]
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -31,3 +31,33 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     return write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_safetensors(raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Parse a safetensors file's bytes: regtorch's JSON metadata and the tensors.
+
+    Raises ``ValueError`` naming the problem for a short, truncated or padded file, a header
+    that is not a JSON object, or metadata without a regtorch object. Nothing is unpickled.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if len(raw) < 8:
+        raise ValueError("shorter than a safetensors header")
+    hlen = int.from_bytes(raw[:8], "little")
+    if hlen > len(raw) - 8:
+        raise ValueError("the header runs past the end of the file")
+    try:
+        header = json.loads(raw[8 : 8 + hlen])
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        if 8 + hlen + max(ends, default=0) != len(raw):
+            raise ValueError("its size does not match its header (truncated?)")
+        tensors = load(raw)
+        meta = json.loads(header["__metadata__"]["regtorch"])
+    except (SafetensorError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ValueError("no regtorch metadata")
+    return meta, tensors

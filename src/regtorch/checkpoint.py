@@ -74,36 +74,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         If the file is missing, truncated, not a regtorch checkpoint, or holds non-finite
         weights.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load
+    from regtorch._files import read_safetensors
 
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"Checkpoint {p} does not exist.")
-    raw = p.read_bytes()
     try:
-        if len(raw) < 8:
-            raise ValueError("file shorter than the safetensors header")
-        header_len = int.from_bytes(raw[:8], "little")
-        header = json.loads(raw[8 : 8 + header_len])
-        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-        if 8 + header_len + max(ends, default=0) != len(raw):
-            raise ValueError(
-                f"{len(raw)} bytes, but the header describes {8 + header_len + max(ends, default=0)}"
-            )
-        tensors = load(raw)
-        meta = json.loads(header["__metadata__"]["regtorch"])
-        if not isinstance(meta, dict) or not isinstance(meta.get("payload"), dict):
+        meta, tensors = read_safetensors(p.read_bytes())
+        if not isinstance(meta.get("payload"), dict):
             raise ValueError("no regtorch payload in the header")
         payload = _unflatten(meta["payload"], tensors)
-    except (
-        SafetensorError,
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        json.JSONDecodeError,
-    ) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(
             f"Checkpoint {p} is truncated or corrupt ({exc}); it was not loaded. Resume from "
             "an earlier checkpoint or start again."

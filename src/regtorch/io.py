@@ -143,32 +143,16 @@ def save(
 
 def read_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read and verify a model file's metadata and tensors (no estimator is built)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
+    from regtorch._files import read_safetensors
 
     p = Path(path)
     if p.is_dir():  # the folder `regtorch fit --out DIR` wrote
         p = p / "model.safetensors"
     if not p.is_file():
         raise ModelFileError(f"Model file {p} does not exist.")
-    raw = p.read_bytes()
     try:
-        if len(raw) < 8:
-            raise ValueError("shorter than a safetensors header")
-        hlen = int.from_bytes(raw[:8], "little")
-        if hlen > len(raw) - 8:
-            raise ValueError("the header runs past the end of the file")
-        header = json.loads(raw[8 : 8 + hlen])
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a JSON object")
-        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-        if 8 + hlen + max(ends, default=0) != len(raw):
-            raise ValueError("its size does not match its header (truncated?)")
-        tensors = st_load(raw)
-        meta = json.loads(header["__metadata__"]["regtorch"])
-        if not isinstance(meta, dict):
-            raise ValueError("no regtorch metadata")
-    except (SafetensorError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        meta, tensors = read_safetensors(p.read_bytes())
+    except ValueError as exc:
         raise ModelFileError(
             f"{p} is not a valid regtorch model file ({exc}); refit and save it again."
         ) from exc
