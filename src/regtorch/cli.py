@@ -98,7 +98,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- fit
 
 
-def _estimator(args: argparse.Namespace, n_targets: int) -> Any:
+def _estimator(args: argparse.Namespace) -> Any:
     """Map the flags to an estimator."""
     import regtorch
 
@@ -225,7 +225,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     Xdf = pd.DataFrame(X, columns=names)
     y_fit = y[:, 0] if y.shape[1] == 1 else y
-    est = _estimator(args, y.shape[1])
+    est = _estimator(args)
     fit_kw: dict[str, Any] = {}
     if args.model == "mlp" and len(val_idx):
         fit_kw = {"X_val": Xdf.iloc[val_idx], "y_val": y_fit[val_idx]}
@@ -294,7 +294,7 @@ def _fit_streaming(args: argparse.Namespace, out: Path | None) -> int:
             memory_limit=_memory_limit(args),
             sep=args.sep,
         )
-        est = _estimator(args, len(source.targets))
+        est = _estimator(args)
         fit_stream: Any
         if args.model == "mlp":
             est.set_params(verbose=False)

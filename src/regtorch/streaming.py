@@ -10,6 +10,7 @@ the same answer.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from regtorch.data import DataError, _listing, _no_duplicates
+from regtorch.training import _num_threads
 
 __all__ = [
     "MomentState",
@@ -466,8 +468,6 @@ def _accumulate(
     rank, world = _rank_world()
     total = None if source.n_rows is None else source.n_rows // world
     bar = _Progress(total, progress and rank == 0, desc)
-    from regtorch.training import _num_threads
-
     # one torch thread: pyarrow's decoding threads keep the other cores busy (measured faster)
     with _num_threads(1):
         return _accumulate_loop(source, keep, missing, state, bar)
@@ -512,7 +512,7 @@ def _tsqr(
     import torch.distributed as dist
 
     R = torch.zeros(0, m, dtype=torch.float64)
-    with _num_threads_one():
+    with _num_threads(1):
         for b in _prefetch(source.batches(missing)):
             Z = b.Z if keep is None else b.Z[keep(b.rows)]
             if len(Z):
@@ -525,12 +525,6 @@ def _tsqr(
         dist.all_gather(parts, R.contiguous())
         R = torch.linalg.qr(torch.cat(parts), mode="r")[1]
     return R
-
-
-def _num_threads_one() -> Any:
-    from regtorch.training import _num_threads
-
-    return _num_threads(1)
 
 
 def _solve_from_r(
@@ -749,7 +743,7 @@ def stream_fit_mlp(
 
     from regtorch.estimators.mlp import MLPRegressor
     from regtorch.modules import MLP
-    from regtorch.training import History, _num_threads, init_module, make_optimizer, make_scheduler
+    from regtorch.training import History, init_module, make_optimizer, make_scheduler
 
     if type(estimator) is not MLPRegressor:
         raise ValueError(f"stream_fit_mlp trains an MLPRegressor, got {type(estimator).__name__}.")
@@ -837,7 +831,7 @@ def stream_fit_mlp(
             lrs = float(opt.param_groups[0]["lr"])
             total, count = 0.0, 0
             carry = torch.zeros(0, p + k, device=dev)
-            with Join([cast(Any, model)]) if world > 1 else _null():
+            with Join([cast(Any, model)]) if world > 1 else contextlib.nullcontext():
                 for b in source.batches(missing, epoch_seed=seed * 7919 + epoch):
                     sel = part(b.rows) >= hi
                     if not sel.any():
@@ -897,11 +891,3 @@ def stream_fit_mlp(
         "global_batch": global_bs,
         "batch_rows": source.batch_rows,
     }
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
