@@ -232,3 +232,73 @@ def test_mlp_two_processes_loss_curve_matches_one(mlp_data, tmp_path):
     assert abs(hb[-1] - ha[-1]) <= 0.20 * ha[-1]
     assert abs(b.history_.val_loss[-1] - a.history_.val_loss[-1]) <= 0.20 * a.history_.val_loss[-1]
     assert ha[-1] < 0.05  # both actually learnt the function (standardised units)
+
+
+def test_csv_over_two_ranks_reads_every_row_once(tmp_path):
+    rng = np.random.default_rng(3)
+    n = 400_000  # several 8 MiB blocks
+    df = pd.DataFrame(rng.normal(size=(n, 3)), columns=list("abc"))
+    df["y"] = df.a - df.b + 0.5 * df.c + rng.normal(size=n)
+    df.to_csv(tmp_path / "t.csv", index=False)
+    proc = subprocess.run(
+        [
+            *TORCHRUN,
+            "--nproc_per_node=2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "regtorch",
+            "fit",
+            tmp_path / "t.csv",
+            "--target",
+            "y",
+            "--test-size",
+            "0",
+            "--out",
+            tmp_path / "m",
+            "--timeout",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = regtorch.load(tmp_path / "m")
+    assert two.summary().nobs == n
+    ref = LinearRegression().fit(df[list("abc")], df.y)
+    np.testing.assert_allclose(two.coef_, ref.coef_, rtol=1e-10)
+
+
+def test_more_ranks_than_row_groups_mlp_is_a_clear_error(tmp_path):
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(500, 2)), columns=["a", "y"])
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp_path / "one.parquet")
+    proc = subprocess.run(
+        [
+            *TORCHRUN,
+            "--nproc_per_node=2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "regtorch",
+            "fit",
+            tmp_path / "one.parquet",
+            "--target",
+            "y",
+            "--model",
+            "mlp",
+            "--epochs",
+            "2",
+            "--timeout",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert (
+        "use fewer processes" in proc.stderr
+        and "Traceback" not in proc.stderr.split("torch.distributed")[0]
+    )

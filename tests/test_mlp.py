@@ -303,12 +303,16 @@ def test_real_sigint_stops_training_cleanly(tmp_path):
         "from regtorch.datasets import make_sine\n"
         "from regtorch.modules import MLP\n"
         "from regtorch.callbacks import EarlyStopping\n"
-        "from regtorch.training import train\n"
+        "from regtorch.training import Callback, train\n"
+        "class Ready(Callback):\n"
+        "    def on_epoch_end(self, state):\n"
+        "        if state.epoch == 20:\n"
+        "            print('ready', flush=True)  # training is under way: imports are done\n"
         "d = make_sine()\n"
         "m = MLP(1, (16,))\n"
-        "print('ready', flush=True)\n"
         "h = train(m, d.X_train, d.y_train, X_val=d.X_val, y_val=d.y_val, lr=0.01,\n"
-        "          epochs=10**7, seed=0, device='cpu', callbacks=[EarlyStopping(patience=10**7)])\n"
+        "          epochs=10**7, seed=0, device='cpu',\n"
+        "          callbacks=[EarlyStopping(patience=10**7), Ready()])\n"
         "with torch.no_grad():\n"
         "    v = float(torch.nn.functional.mse_loss(m(torch.as_tensor(d.X_val)), torch.as_tensor(d.y_val)))\n"
         "print(json.dumps({'interrupted': h.interrupted, 'epochs': len(h), 'best': min(h.val_loss), 'kept': v}))\n"
@@ -317,7 +321,7 @@ def test_real_sigint_stops_training_cleanly(tmp_path):
         [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert proc.stdout.readline().strip() == "ready"
-    _time.sleep(2.0)
+    _time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

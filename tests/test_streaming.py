@@ -184,3 +184,22 @@ def test_ill_conditioned_or_perfect_fits_take_the_qr_pass(tmp_path):
     np.testing.assert_allclose(
         ridge.coef_, Ridge(alpha=0.5).fit(df[["a", "b", "c"]], df.y).coef_, rtol=1e-8
     )
+
+
+def test_csv_types_are_forced_to_float_and_bad_memory_sizes(tmp_path):
+    n = 300_000  # more than one 8 MiB CSV block
+    rng = np.random.default_rng(2)
+    df = pd.DataFrame({"a": rng.integers(0, 100, size=n).astype(float), "b": rng.normal(size=n)})
+    df["y"] = 2 * df.a - df.b + rng.normal(size=n)
+    text = df.to_csv(index=False, float_format="%.17g").replace(".0,", ",")  # ints first...
+    lines = text.splitlines()
+    lines[-1] = "1.5," + lines[-1].split(",", 1)[1]  # ...and a decimal far down
+    (tmp_path / "late.csv").write_text("\n".join(lines) + "\n")
+    est = LinearRegression()
+    stream_fit_linear(est, TableSource(tmp_path / "late.csv", "y"))
+    back = pd.read_csv(tmp_path / "late.csv")
+    ref = LinearRegression().fit(back[["a", "b"]], back.y)
+    np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-10)
+    for bad in ("infGB", "-1GB", "0", "lots"):
+        with pytest.raises(ValueError, match="Cannot read the memory size"):
+            parse_memory(bad)

@@ -145,7 +145,7 @@ def _split(n: int, test_size: float, val_size: float, seed: int) -> tuple[Any, A
     if n < 3:
         raise UserError(f"The data have {n} usable row(s); fitting and testing need at least 3.")
     perm = np.random.default_rng(seed).permutation(n)
-    n_test = min(max(1, int(round(test_size * n))), n - 2)
+    n_test = 0 if test_size == 0 else min(max(1, int(round(test_size * n))), n - 2)
     n_val = min(int(round(val_size * n)), n - n_test - 1)
     return perm[n_test + n_val :], perm[n_test : n_test + n_val], perm[:n_test]
 
@@ -231,26 +231,31 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         fit_kw = {"X_val": Xdf.iloc[val_idx], "y_val": y_fit[val_idx]}
     est.fit(Xdf.iloc[train_idx], y_fit[train_idx], **fit_kw)
     pred = est.predict(Xdf.iloc[test_idx])
-    metrics = {"model": _metrics(y_fit[test_idx], pred)}
-    base_pred = None
-    if not args.no_baseline:
-        from sklearn.linear_model import LinearRegression as SkLinear
+    metrics: dict[str, Any] = {}
+    if len(test_idx):
+        metrics["model"] = _metrics(y_fit[test_idx], pred)
+        if not args.no_baseline:
+            from sklearn.linear_model import LinearRegression as SkLinear
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            base = SkLinear().fit(X[train_idx], y_fit[train_idx])
-        base_pred = base.predict(X[test_idx])
-        metrics["baseline (scikit-learn LinearRegression)"] = _metrics(y_fit[test_idx], base_pred)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                base = SkLinear().fit(X[train_idx], y_fit[train_idx])
+            metrics["baseline (scikit-learn LinearRegression)"] = _metrics(
+                y_fit[test_idx], base.predict(X[test_idx])
+            )
     print(
         f"{type(est).__name__} on {args.data}: {len(train_idx)} train, {len(val_idx)} "
         f"validation, {len(test_idx)} test rows; target {args.target}"
     )
-    print(
-        format_table(
-            ["test metrics", "R2", "MSE", "RMSE", "MAE"],
-            [[k, m["r2"], m["mse"], m["rmse"], m["mae"]] for k, m in metrics.items()],
+    if metrics:
+        print(
+            format_table(
+                ["test metrics", "R2", "MSE", "RMSE", "MAE"],
+                [[k, m["r2"], m["mse"], m["rmse"], m["mae"]] for k, m in metrics.items()],
+            )
         )
-    )
+    else:
+        print("No held-out rows (--test-size 0): no test metrics.")
     coef = _coef_table(est, names)
     if coef is not None:
         print()
@@ -282,90 +287,102 @@ def _fit_streaming(args: argparse.Namespace, out: Path | None) -> int:
             "--categorical onehot needs the whole table in memory; drop the text columns."
         )
     from regtorch import distributed
-    from regtorch.streaming import TableSource, stream_fit_linear, stream_fit_mlp, stream_metrics
 
     distributed.init_from_env(args.device, timeout_s=args.timeout)
     try:
-        rank, world = distributed.rank(), distributed.world_size()
-        source = TableSource(
-            args.data,
-            args.target.split(","),
-            args.features.split(",") if args.features else None,
-            memory_limit=_memory_limit(args),
-            sep=args.sep,
-        )
-        est = _estimator(args)
-        fit_stream: Any
-        if args.model == "mlp":
-            est.set_params(verbose=False)
-            fit_stream = stream_fit_mlp
-            extra_kw: dict[str, Any] = {"val_fraction": args.val_size}
-        else:
-            fit_stream, extra_kw = stream_fit_linear, {}
-        info = fit_stream(
-            est,
-            source,
-            missing=args.missing,
-            test_fraction=args.test_size,
-            seed=args.seed,
-            progress=sys.stderr.isatty(),
-            **extra_kw,
-        )
-        import numpy as np
-
-        metrics: dict[str, float] = {}
-        y_s = p_s = np.zeros((0, len(source.targets)))
-        if args.test_size > 0:  # a second pass, over the held-out rows
-            metrics, y_s, p_s = stream_metrics(
-                est, source, test_fraction=args.test_size, seed=args.seed, missing=args.missing
-            )
-        if rank != 0:
-            return 0
-        # rows processed per second: every epoch's rows for the MLP
-        done = info.get("rows_read", info["rows_fit"] * info.get("epochs", 1))
-        rate = done * (world if "rows_read" in info else 1) / max(info["seconds"], 1e-9)
-        print(
-            f"{type(est).__name__} (streamed, {world} process{'es' if world > 1 else ''}, "
-            f"batches of {info['batch_rows']} rows) on {args.data}: {info['rows_fit']} train "
-            f"rows, {rate:,.0f} rows/s; held-out test share {args.test_size:g}"
-        )
-        m = {"model": {k: (None if not math.isfinite(v) else v) for k, v in metrics.items()}}
-        if metrics:
-            print(
-                format_table(
-                    ["test metrics", "R2", "MSE", "RMSE", "MAE"],
-                    [[k, v["r2"], v["mse"], v["rmse"], v["mae"]] for k, v in m.items()],
-                )
-            )
-        else:
-            m = {}
-            print("No held-out rows (--test-size 0): no test metrics.")
-        names = list(source.features)
-        coef = _coef_table(est, names)
-        if coef is not None:
-            print()
-            print(format_table(*coef))
-        if out is not None:
-            from regtorch.data import Encoder
-
-            record = {
-                "model": type(est).__name__,
-                "target": source.targets,
-                "features": names,
-                "rows": {"train": info["rows_fit"], "validation": 0, "test": None},
-                "seed": args.seed,
-                "metrics": m,
-                "streaming": {**info, "world_size": world},
-            }
-            y_t = y_s[:, 0] if y_s.shape[1] == 1 else y_s
-            p_t = p_s[:, 0] if p_s.shape[1] == 1 else p_s
-            _write_outputs(
-                out, est, Encoder(names, {}), source.targets, record, y_t, p_t, coef, args
-            )
-            print(f"\nModel, metrics.json, plots and report.html written to {out}/")
-        return 0
+        return _fit_streaming_in_group(args, out)
+    except RuntimeError as exc:
+        if distributed.world_size() > 1 and not isinstance(exc, UserError):
+            # a collective broke: usually another rank stopped (its own message says why)
+            raise UserError(
+                f"rank {distributed.rank()} lost the other processes ({str(exc).splitlines()[0][:120]}); "
+                "another rank probably stopped with an error, see its message."
+            ) from exc
+        raise
     finally:
         distributed.shutdown()
+
+
+def _fit_streaming_in_group(args: argparse.Namespace, out: Path | None) -> int:
+    from regtorch import distributed
+    from regtorch.streaming import TableSource, stream_fit_linear, stream_fit_mlp, stream_metrics
+
+    rank, world = distributed.rank(), distributed.world_size()
+    source = TableSource(
+        args.data,
+        args.target.split(","),
+        args.features.split(",") if args.features else None,
+        memory_limit=_memory_limit(args),
+        sep=args.sep,
+    )
+    est = _estimator(args)
+    fit_stream: Any
+    if args.model == "mlp":
+        est.set_params(verbose=False)
+        fit_stream = stream_fit_mlp
+        extra_kw: dict[str, Any] = {"val_fraction": args.val_size}
+    else:
+        fit_stream, extra_kw = stream_fit_linear, {}
+    info = fit_stream(
+        est,
+        source,
+        missing=args.missing,
+        test_fraction=args.test_size,
+        seed=args.seed,
+        progress=sys.stderr.isatty(),
+        **extra_kw,
+    )
+    import numpy as np
+
+    metrics: dict[str, float] = {}
+    y_s = p_s = np.zeros((0, len(source.targets)))
+    if args.test_size > 0:  # a second pass, over the held-out rows
+        metrics, y_s, p_s = stream_metrics(
+            est, source, test_fraction=args.test_size, seed=args.seed, missing=args.missing
+        )
+    if rank != 0:
+        return 0
+    # rows processed per second: every epoch's rows for the MLP
+    done = info.get("rows_read", info["rows_fit"] * info.get("epochs", 1))
+    rate = done * (world if "rows_read" in info else 1) / max(info["seconds"], 1e-9)
+    print(
+        f"{type(est).__name__} (streamed, {world} process{'es' if world > 1 else ''}, "
+        f"batches of {info['batch_rows']} rows) on {args.data}: {info['rows_fit']} train "
+        f"rows, {rate:,.0f} rows/s; held-out test share {args.test_size:g}"
+    )
+    m = {"model": {k: (None if not math.isfinite(v) else v) for k, v in metrics.items()}}
+    if metrics:
+        print(
+            format_table(
+                ["test metrics", "R2", "MSE", "RMSE", "MAE"],
+                [[k, v["r2"], v["mse"], v["rmse"], v["mae"]] for k, v in m.items()],
+            )
+        )
+    else:
+        m = {}
+        print("No held-out rows (--test-size 0): no test metrics.")
+    names = list(source.features)
+    coef = _coef_table(est, names)
+    if coef is not None:
+        print()
+        print(format_table(*coef))
+    if out is not None:
+        from regtorch.data import Encoder
+
+        record = {
+            "model": type(est).__name__,
+            "target": source.targets,
+            "features": names,
+            "rows": {"train": info["rows_fit"], "validation": 0, "test": None},
+            "seed": args.seed,
+            "metrics": m,
+            "streaming": {**info, "world_size": world},
+        }
+        y_t = y_s[:, 0] if y_s.shape[1] == 1 else y_s
+        p_t = p_s[:, 0] if p_s.shape[1] == 1 else p_s
+        _write_outputs(out, est, Encoder(names, {}), source.targets, record, y_t, p_t, coef, args)
+        print(f"\nModel, metrics.json, plots and report.html written to {out}/")
+    return 0
 
 
 def _write_outputs(

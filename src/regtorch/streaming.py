@@ -10,7 +10,6 @@ the same answer.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -18,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +40,9 @@ STREAM_COND_WARN = 1e8
 # centre a batch explicitly when a column's squared mean exceeds its variance this many times
 CANCELLATION_RATIO = 1e3
 # bytes held per value of a batch: the Arrow batch, the float64 copy, a centred copy, slack
-BYTES_PER_VALUE = 8 * 6
+BYTES_PER_VALUE = 8 * 8
+# CSV blocks read at a time (the same on every rank)
+CSV_BLOCK_BYTES = 1 << 23
 
 
 def default_memory_limit() -> int:
@@ -66,18 +67,22 @@ def parse_memory(text: str) -> int:
         "T": 1024**4,
         "B": 1,
     }
+    value = None
     for u in sorted(units, key=len, reverse=True):
         if t.endswith(u):
             try:
-                return int(float(t[: -len(u)]) * units[u])
+                value = float(t[: -len(u)]) * units[u]
             except ValueError:
-                break
-    try:
-        return int(float(t))
-    except ValueError:
-        raise ValueError(
-            f"Cannot read the memory size {text!r}; write e.g. 2GB or 512MB."
-        ) from None
+                pass
+            break
+    else:
+        try:
+            value = float(t)
+        except ValueError:
+            pass
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"Cannot read the memory size {text!r}; write e.g. 2GB or 512MB.")
+    return int(value)
 
 
 def _resident_bytes() -> int:
@@ -213,7 +218,10 @@ class TableSource:
 
         def numeric(n: str) -> bool:
             t = types[n]
-            return bool(pat.is_integer(t) or pat.is_floating(t) or pat.is_boolean(t))
+            # a CSV column empty in its first block reads as null: checked when converting
+            return bool(
+                pat.is_integer(t) or pat.is_floating(t) or pat.is_boolean(t) or pat.is_null(t)
+            )
 
         for t in self.targets:
             if not numeric(t):
@@ -262,24 +270,32 @@ class TableSource:
         schema = reader.schema
         return list(schema.names), {n: schema.field(n).type for n in schema.names}
 
-    def _csv_reader(self, block: int) -> Any:
+    def _csv_reader(self, block: int, columns: list[str] | None = None) -> Any:
         import csv
 
+        import pyarrow as pa
         import pyarrow.csv as pcsv
 
         sep = self.sep
         if sep is None:
             with self.files[0].open("r", newline="", encoding="utf-8", errors="replace") as fh:
                 head = fh.read(65536)
+            head = head[: head.rfind("\n") + 1] or head  # whole lines only
             try:
                 sep = csv.Sniffer().sniff(head, delimiters=",;\t|").delimiter
             except csv.Error:
                 sep = ","
         self.sep = sep
+        convert = pcsv.ConvertOptions()
+        if columns is not None:  # read only the used columns, all as float64
+            convert = pcsv.ConvertOptions(
+                include_columns=columns, column_types={c: pa.float64() for c in columns}
+            )
         return pcsv.open_csv(
             self.files[0],
             read_options=pcsv.ReadOptions(block_size=block),
-            parse_options=pcsv.ParseOptions(delimiter=sep),
+            parse_options=pcsv.ParseOptions(delimiter=sep, newlines_in_values=True),
+            convert_options=convert,
         )
 
     def _to_numpy(self, rb: Any, first_row: int, missing: str) -> Batch:
@@ -321,13 +337,22 @@ class TableSource:
                     yield self._to_numpy(rb, offset, missing)
                     offset += rb.num_rows
             return
-        block = max(1 << 16, self.batch_rows * 8 * len(cols) * 2)
-        reader = self._csv_reader(block)
+        import pyarrow as pa
+
+        # a fixed block size: every rank must cut the file into the same blocks, so that the
+        # round robin below partitions the rows
+        reader = self._csv_reader(CSV_BLOCK_BYTES, cols)
         offset = 0
-        for i, rb in enumerate(reader):
-            if i % world == rank:
-                yield self._to_numpy(rb.select(cols), offset, missing)
-            offset += rb.num_rows
+        try:
+            for i, rb in enumerate(reader):
+                if i % world == rank:
+                    yield self._to_numpy(rb.select(cols), offset, missing)
+                offset += rb.num_rows
+        except pa.ArrowInvalid as exc:
+            raise DataError(
+                f"{self.path}: a used column holds a value that is not a number ({exc}); fix it "
+                "or leave that column out with --features."
+            ) from exc
 
 
 @dataclass
@@ -417,7 +442,7 @@ class _Progress:
             self.bar.close()
 
 
-def _prefetch(it: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
+def _prefetch(it: Iterator[Batch], depth: int = 1) -> Iterator[Batch]:
     """Read the next batches in a thread while this one is reduced (pyarrow and the GEMM
     release the GIL); at most ``depth`` batches wait, so memory stays bounded."""
     import queue
@@ -427,20 +452,27 @@ def _prefetch(it: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
     stop = threading.Event()
     done = object()
 
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work() -> None:
         try:
             for b in it:
-                while not stop.is_set():
-                    try:
-                        q.put(b, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(b):
                     return
-            q.put(done)
+            put(done)
         except BaseException as exc:  # handed to the consumer, raised there
-            q.put(exc)
+            put(exc)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
 
     t = threading.Thread(target=work, daemon=True)
     t.start()
@@ -595,7 +627,7 @@ def stream_fit_linear(
     # the stable path: a second pass, a tall-skinny QR of the centred data, when the Gram
     # is ill-conditioned or the fit so good that sse from the Gram would cancel
     if sol.rank == p and (
-        sol.cond is None or sol.cond > STREAM_QR_COND or bool((sse < 1e-6 * gs.yty).any())
+        sol.cond is None or sol.cond > STREAM_QR_COND or bool((sse <= 1e-4 * gs.yty).any())
     ):
         R = _tsqr(source, keep, missing, mean, p + k)
         qr_sol = _solve_from_r(R, p, alpha)
@@ -701,6 +733,16 @@ def _all_reduce_metrics(acc: Any, k: int) -> Any:
     return total
 
 
+def _reduce_min(value: float) -> float:
+    """The smallest ``value`` over ranks (identity outside a process group)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return float(t[0])
+
+
 def _reduce_sum(values: list[float]) -> list[float]:
     """Sum floats over ranks (identity outside a process group)."""
     import torch.distributed as dist
@@ -731,14 +773,13 @@ def stream_fit_mlp(
     of their index: test (``test_fraction``), validation (next ``val_fraction``, at most
     ``max_val_rows`` per rank kept in memory) and training. Under ``torchrun`` the module is
     wrapped in ``DistributedDataParallel`` (gloo on CPU, NCCL on CUDA) and each rank takes
-    ``batch_size / world_size`` rows per step, so the global batch is preserved; uneven
-    shares are handled by ``torch.distributed.algorithms.Join``. The weights of the epoch
-    with the lowest validation loss are kept.
+    ``batch_size / world_size`` rows per step and every rank takes the same number of steps
+    per epoch (the fewest any rank can fill), so each step averages exactly the global batch.
+    The weights of the epoch with the lowest validation loss are kept.
     """
     import copy
 
     import torch.distributed as dist
-    from torch.distributed.algorithms import Join
     from torch.nn.parallel import DistributedDataParallel
 
     from regtorch.estimators.mlp import MLPRegressor
@@ -761,6 +802,7 @@ def stream_fit_mlp(
 
     t0 = time.perf_counter()
     moments, _ = _accumulate(source, lambda r: part(r) >= hi, missing, progress, "statistics")
+    local_rows = moments.n
     moments = moments.all_reduce(p + k)
     if moments.n < 2 or moments.mean is None or moments.C is None:
         raise DataError(f"{source.path}: fewer than 2 training rows.")
@@ -781,6 +823,10 @@ def stream_fit_mlp(
         return torch.from_numpy(((Z - mean) / std).astype(np.float32)).to(dev)
 
     # validation rows, bounded
+    # the validation rows and, later, the shuffle buffer come out of the memory budget too
+    row_bytes = 4 * (p + k) * 3
+    spare = max(source.memory_limit - _resident_bytes(), 64 * 2**20)
+    max_val_rows = int(min(max_val_rows, spare // 4 // row_bytes))
     val_parts, kept = [], 0
     for b in source.batches(missing):
         h = part(b.rows)
@@ -801,21 +847,38 @@ def stream_fit_mlp(
             module, device_ids=[dev.index] if dev.type == "cuda" else None
         )
     bs, epochs = estimator._plan(int(moments.n))
-    global_bs = bs or 1024
-    local_bs = max(1, global_bs // world)
+    local_bs = max(1, (bs or 1024) // world)
+    global_bs = local_bs * world
+    # every rank takes the same number of steps per epoch (the fewest any rank can fill), so
+    # each step averages exactly `global_bs` rows across ranks
+    n_steps = int(_reduce_min(local_rows // local_bs))
+    if n_steps < 1:
+        raise DataError(
+            f"A rank has fewer than {local_bs} training rows: use fewer processes (at most one "
+            f"per Parquet row group; this table has {len(source.units) or 'few'}) or a smaller "
+            "--batch-size."
+        )
     lr = float(estimator.lr if estimator.lr is not None else estimator.learning_rate_init)
     opt = make_optimizer(estimator.solver, model.parameters(), lr, float(estimator.alpha))
     sched = make_scheduler(estimator.lr_schedule, opt, epochs)
-    buffer_rows = int(shuffle_rows or max(local_bs * 8, source.batch_rows * 4))
+    buffer_rows = int(
+        shuffle_rows or max(local_bs * 8, min(source.batch_rows * 4, spare // 4 // row_bytes))
+    )
     gen = torch.Generator().manual_seed(seed * 1000 + rank)
     loss_fn = torch.nn.MSELoss()
     hist = History()
     best, best_state, best_epoch = math.inf, None, 0
 
+    taken = 0
+
     def steps(buf: torch.Tensor) -> tuple[float, int]:
+        nonlocal taken
         total, n = 0.0, 0
         perm = torch.randperm(len(buf), generator=gen).to(dev)
         for i in range(0, len(buf) - local_bs + 1, local_bs):
+            if taken >= n_steps:
+                break
+            taken += 1
             zb = buf[perm[i : i + local_bs]]
             opt.zero_grad(set_to_none=True)
             out = loss_fn(model(zb[:, :p]), zb[:, p:])
@@ -829,22 +892,23 @@ def stream_fit_mlp(
         for epoch in range(epochs):
             module.train()
             lrs = float(opt.param_groups[0]["lr"])
-            total, count = 0.0, 0
+            total, count, taken = 0.0, 0, 0
             carry = torch.zeros(0, p + k, device=dev)
-            with Join([cast(Any, model)]) if world > 1 else contextlib.nullcontext():
-                for b in source.batches(missing, epoch_seed=seed * 7919 + epoch):
-                    sel = part(b.rows) >= hi
-                    if not sel.any():
-                        continue
-                    carry = torch.cat([carry, scaled(b.Z[sel])])
-                    if len(carry) >= buffer_rows:
-                        used = (len(carry) // local_bs) * local_bs
-                        t_, n_ = steps(carry[:used])
-                        total, count = total + t_, count + n_
-                        carry = carry[used:]
-                if len(carry) >= local_bs:
-                    t_, n_ = steps(carry)
+            for b in source.batches(missing, epoch_seed=seed * 7919 + epoch):
+                if taken >= n_steps:
+                    break
+                sel = part(b.rows) >= hi
+                if not sel.any():
+                    continue
+                carry = torch.cat([carry, scaled(b.Z[sel])])
+                if len(carry) >= buffer_rows:
+                    used = (len(carry) // local_bs) * local_bs
+                    t_, n_ = steps(carry[:used])
                     total, count = total + t_, count + n_
+                    carry = carry[used:]
+            if len(carry) >= local_bs and taken < n_steps:
+                t_, n_ = steps(carry)
+                total, count = total + t_, count + n_
             if sched is not None:
                 sched.step()
             module.eval()
