@@ -298,7 +298,6 @@ def test_more_ranks_than_row_groups_mlp_is_a_clear_error(tmp_path):
         timeout=300,
     )
     assert proc.returncode != 0
-    assert (
-        "use fewer processes" in proc.stderr
-        and "Traceback" not in proc.stderr.split("torch.distributed")[0]
-    )
+    # our one-line error from each rank (torchrun then prints its own launcher traceback)
+    assert "regtorch: error: A rank has fewer than" in proc.stderr
+    assert "use fewer processes" in proc.stderr
