@@ -558,3 +558,23 @@ def test_tampered_parameters_are_refused(table, tmp_path):
         save_file(tensors, tmp_path / "t.safetensors", metadata={"regtorch": _json.dumps(meta)})
         fails(msg, "summary", tmp_path / "t.safetensors")
     del est
+
+
+def test_no_test_rows(table, tmp_path):
+    d, _ = table
+    proc = ok(
+        "fit",
+        d / "t.csv",
+        "--target",
+        "y",
+        "--features",
+        "a,b",
+        "--test-size",
+        "0",
+        "--out",
+        tmp_path / "m",
+    )
+    assert (
+        "300 train, 0 validation, 0 test rows" in proc.stdout and "no test metrics" in proc.stdout
+    )
+    assert (tmp_path / "m" / "model.safetensors").exists()

@@ -230,7 +230,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if args.model == "mlp" and len(val_idx):
         fit_kw = {"X_val": Xdf.iloc[val_idx], "y_val": y_fit[val_idx]}
     est.fit(Xdf.iloc[train_idx], y_fit[train_idx], **fit_kw)
-    pred = est.predict(Xdf.iloc[test_idx])
+    # no test rows (--test-size 0): an empty prediction of the right shape
+    pred = est.predict(Xdf.iloc[test_idx]) if len(test_idx) else y_fit[test_idx]
     metrics: dict[str, Any] = {}
     if len(test_idx):
         metrics["model"] = _metrics(y_fit[test_idx], pred)
