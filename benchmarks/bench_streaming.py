@@ -47,7 +47,7 @@ def _dataset(gb: float) -> Path:
 
 
 def _dataset_small() -> Path:
-    path = Path(tempfile.gettempdir()) / "regtorch-bench-mlp.parquet"
+    path = Path(tempfile.gettempdir()) / "regtorch-bench-mlp-rg100k.parquet"
     if not path.exists() or not path.with_suffix(".json").exists():
         subprocess.run(
             [
@@ -55,6 +55,8 @@ def _dataset_small() -> Path:
                 str(HERE / "make_large_parquet.py"),
                 "--gb",
                 "0.15",
+                "--row-group",  # 100k-row groups: every rank gets a share
+                "100000",
                 "--out",
                 str(path),
             ],

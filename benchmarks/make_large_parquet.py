@@ -3,7 +3,7 @@
     python benchmarks/make_large_parquet.py --gb 4 --out /tmp/big.parquet [--features 20]
 
 Columns f0..f{p-1} (float64) and y = 3 + X @ coef + N(0, 1), coef_j = (j + 1) / p. Written in
-row groups of 1,000,000 rows, chunk by chunk: the generator itself needs little memory.
+row groups of 1,000,000 rows (``--row-group``), chunk by chunk: the generator itself needs little memory.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=20)
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--row-group", type=int, default=1_000_000, help="rows per row group")
     args = ap.parse_args()
     p = args.features
     rows = int(args.gb * 1024**3 / (8 * (p + 1)))
-    chunk = 1_000_000
+    chunk = args.row_group
     coef = coefficients(p)
     rng = np.random.default_rng(args.seed)
     names = [f"f{j}" for j in range(p)] + ["y"]
