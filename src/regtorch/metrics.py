@@ -68,6 +68,28 @@ def _reduce(per_output: torch.Tensor, multioutput: str, weights: torch.Tensor | 
     return float(per_output.mean())
 
 
+def _pow2_scale(*ts: torch.Tensor) -> torch.Tensor:
+    """Per-output powers of two bringing the largest ``|value|`` into [0.5, 1): exact."""
+    top = torch.stack([t.abs().amax(0) for t in ts]).amax(0)
+    top = torch.where(torch.isfinite(top) & (top > 0), top, torch.ones_like(top))
+    _, e = torch.frexp(top)
+    return torch.ldexp(torch.ones_like(top), -e)
+
+
+def _scaled_squares(
+    yt: torch.Tensor, yp: torch.Tensor, w: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean squared error and centred target variance of ``y * s``, and ``s`` (k,).
+
+    Scaling by a power of two first keeps squares of values near 1e300 finite.
+    """
+    s = _pow2_scale(yt, yp)
+    ts, ps = yt * s, yp * s
+    mse_s = _weighted_mean((ts - ps) ** 2, w)
+    var_s = _weighted_mean((ts - _weighted_mean(ts, w)) ** 2, w)
+    return mse_s, var_s, s
+
+
 def _weighted_mean(v: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
     if w is None:
         return v.mean(dim=0)
@@ -89,7 +111,8 @@ def mean_squared_error(
     2.0
     """
     yt, yp, w = _pair(y_true, y_pred, sample_weight)
-    return _reduce(_weighted_mean((yt - yp) ** 2, w), multioutput)
+    mse_s, _, s = _scaled_squares(yt, yp, w)
+    return _reduce(mse_s / s**2, multioutput)  # may overflow to inf: an honest answer
 
 
 def root_mean_squared_error(
@@ -107,7 +130,8 @@ def root_mean_squared_error(
     3.5355339059327378
     """
     yt, yp, w = _pair(y_true, y_pred, sample_weight)
-    return _reduce(_weighted_mean((yt - yp) ** 2, w).sqrt(), multioutput)
+    mse_s, _, s = _scaled_squares(yt, yp, w)
+    return _reduce(mse_s.sqrt() / s, multioutput)
 
 
 def mean_absolute_error(
@@ -125,7 +149,8 @@ def mean_absolute_error(
     1.5
     """
     yt, yp, w = _pair(y_true, y_pred, sample_weight)
-    return _reduce(_weighted_mean((yt - yp).abs(), w), multioutput)
+    s = _pow2_scale(yt, yp)
+    return _reduce(_weighted_mean((yt * s - yp * s).abs(), w) / s, multioutput)
 
 
 def _r2_from(sse: torch.Tensor, sst: torch.Tensor, force_finite: bool) -> torch.Tensor:
@@ -157,12 +182,10 @@ def r2_score(
     1.0
     """
     yt, yp, w = _pair(y_true, y_pred, sample_weight)
-    ww = torch.ones_like(yt[:, :1]) if w is None else w
-    mean = (yt * ww).sum(0) / ww.sum()
-    sse = ((yt - yp) ** 2 * ww).sum(0)
-    sst = ((yt - mean) ** 2 * ww).sum(0)
+    # in units of y * s (s a power of two per output): targets near 1e300 do not overflow
+    sse, sst, s = _scaled_squares(yt, yp, w)
     r2 = _r2_from(sse, sst, force_finite)
-    return _reduce(r2, multioutput, weights=sst)
+    return _reduce(r2, multioutput, weights=sst / s**2)
 
 
 @dataclass
@@ -233,7 +256,14 @@ class RegressionMetrics:
 
 
 def regression_report(y_true: Any, y_pred: Any, force_finite: bool = True) -> dict[str, float]:
-    """R2, MSE, RMSE and MAE of one prediction, as a dict of floats."""
-    acc = RegressionMetrics()
-    acc.update(y_true, y_pred)
-    return acc.compute(force_finite=force_finite)
+    """R2, MSE, RMSE and MAE of one prediction, as a dict of floats.
+
+    Computed on targets scaled by powers of two, so values near 1e300 give a correct R2
+    (the MSE itself may then be ``inf``).
+    """
+    return {
+        "r2": float(r2_score(y_true, y_pred, force_finite=force_finite)),
+        "mse": float(mean_squared_error(y_true, y_pred)),
+        "rmse": float(root_mean_squared_error(y_true, y_pred)),
+        "mae": float(mean_absolute_error(y_true, y_pred)),
+    }

@@ -41,6 +41,7 @@ class RegressionSummary:
     ssr: float
     level: float = 0.95
     cov_type: str = "nonrobust"
+    solver: str = ""  # what computed the coefficients (names any fallback)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -93,6 +94,7 @@ class RegressionSummary:
             f"F-statistic: {self.fvalue:.6g}    Prob (F-statistic): {self.f_pvalue:.4g}",
             f"Log-likelihood: {self.llf:.6g}    AIC: {self.aic:.6g}    BIC: {self.bic:.6g}",
             f"Residual std. error: {self.resid_std_err:.6g}",
+            *([f"Solver: {self.solver}"] if self.solver else []),
             "",
         ]
         return "\n".join(head) + frame.to_string(float_format=lambda v: f"{v:.6g}")
@@ -155,7 +157,11 @@ def summarize(
     Rinv = torch.linalg.solve_triangular(R, eye, upper=True)  # (p, p)
     xo = torch.as_tensor(info["X_offset"], dtype=R.dtype, device=R.device)
     params = np.concatenate([np.ravel(est.intercept_)[:1] if k_const else [], np.ravel(est.coef_)])
-    if cov_type == "nonrobust":
+    bse_unit = getattr(est, "_bse_unit", None)
+    if cov_type == "nonrobust" and bse_unit is not None:
+        # sqrt diag of the unscaled covariance, from the double-double inverse
+        se = np.asarray(bse_unit, dtype=np.float64) * math.sqrt(scale)
+    elif cov_type == "nonrobust":
         se_b = Rinv.square().sum(1).sqrt() * math.sqrt(scale)
         se = se_b.cpu().numpy()
         if k_const:
@@ -191,6 +197,7 @@ def summarize(
         ssr=ssr,
         level=level,
         cov_type=cov_type,
+        solver=str(getattr(est, "solver_", "")),
     )
 
 
@@ -212,7 +219,7 @@ def _robust_se(
             f"Found input variables with inconsistent numbers of samples: "
             f"[{Xn.shape[0]}, {yn.shape[0]}]"
         )
-    from regtorch.estimators._base import check_sample_weight
+    from regtorch.estimators._base import check_sample_weight, data_fingerprint, same_data
 
     w = check_sample_weight(sample_weight, Xn)
     info = est._fit_info
@@ -220,6 +227,13 @@ def _robust_se(
         raise ValueError(
             "X, y and sample_weight passed to summary() must be the training data the model "
             "was fitted on (the weights differ from the fit's)."
+        )
+    fp = info.get("fingerprint")
+    if fp is not None and not same_data(fp, data_fingerprint(Xn, yn, w)):
+        raise ValueError(
+            f"X, y and sample_weight passed to summary(cov_type={cov_type!r}) must be the "
+            "training data the model was fitted on (their sums and cross-products differ "
+            "from the fit's): robust standard errors need the fit's own residuals."
         )
     sw = np.sqrt(w)
     resid = (yn - np.ravel(est.predict(Xn))) * sw

@@ -11,7 +11,15 @@ from sklearn.utils.validation import _check_sample_weight, validate_data
 
 from regtorch._validation import resolve_device
 
-__all__ = ["to_numpy_input", "validate_fit_input", "validate_predict_input", "check_param"]
+__all__ = [
+    "check_gram_range",
+    "check_param",
+    "data_fingerprint",
+    "same_data",
+    "to_numpy_input",
+    "validate_fit_input",
+    "validate_predict_input",
+]
 
 
 def to_numpy_input(X: Any) -> Any:
@@ -53,6 +61,8 @@ def validate_fit_input(
     )
     y_1d = y.ndim == 1
     y2 = y.reshape(-1, 1) if y_1d else y
+    _check_magnitude(X, "X", getattr(est, "feature_names_in_", None))
+    _check_magnitude(y2, "y", None)
     sw = None
     if sample_weight is not None:
         sw = torch.as_tensor(check_sample_weight(sample_weight, X).astype(X.dtype))
@@ -61,6 +71,81 @@ def validate_fit_input(
     Xt = torch.as_tensor(np.require(X, requirements=["C", "W"])).to(dev)
     yt = torch.as_tensor(np.require(y2, dtype=X.dtype, requirements=["C", "W"])).to(dev)
     return Xt, yt, None if sw is None else sw.to(dev), y_1d
+
+
+def _check_magnitude(A: np.ndarray, name: str, names: Any) -> None:
+    """Reject finite values so large that sums over the samples overflow float64."""
+    if A.size == 0:
+        return
+    top = np.abs(A).max(0)
+    limit = np.finfo(np.float64).max / (4.0 * max(A.shape[0], 1))
+    bad = np.flatnonzero(top > limit)
+    if bad.size:
+        j = int(bad[0])
+        col = str(names[j]) if names is not None else f"{'x' if name == 'X' else 'y'}{j}"
+        raise ValueError(
+            f"Input {name} contains values too large for float64 arithmetic (column {col!r}, "
+            f"max {top[j]:.3g}; sums over {A.shape[0]} samples would overflow). Rescale it."
+        )
+
+
+def check_gram_range(est: Any, X: torch.Tensor, y: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming a column whose cross-products overflow float64.
+
+    For the estimators that work on the unscaled Gram (Lasso, ElasticNet).
+    """
+    limit = math.sqrt(np.finfo(np.float64).max / (8.0 * max(X.shape[0], 1)))
+    names = getattr(est, "feature_names_in_", None)
+    for A, kind in ((X, "X"), (y, "y")):
+        if A.numel() == 0:
+            continue
+        top = A.abs().amax(0).cpu().numpy()
+        bad = np.flatnonzero(top > limit)
+        if bad.size:
+            j = int(bad[0])
+            col = str(names[j]) if kind == "X" and names is not None else f"{kind.lower()}{j}"
+            raise ValueError(
+                f"{type(est).__name__} cannot fit input {kind} column {col!r} (max |value| "
+                f"{top[j]:.3g}): its squares overflow float64 in the Gram matrix. Rescale it "
+                "(e.g. StandardScaler) or use LinearRegression or Ridge, which scale columns."
+            )
+
+
+def data_fingerprint(X: Any, y: Any, sample_weight: Any | None) -> np.ndarray:
+    """Small summary of a weighted data set: count, weight, moments of [X, y] and X*y.
+
+    Computed on columns scaled by powers of two (no overflow); two fits on the same data
+    give the same fingerprint up to rounding.
+    """
+    Xn = np.asarray(to_numpy_input(X), dtype=np.float64)
+    yn = np.asarray(to_numpy_input(y), dtype=np.float64).reshape(len(Xn), -1)
+    w = (
+        np.ones(len(Xn))
+        if sample_weight is None
+        else np.asarray(to_numpy_input(sample_weight), dtype=np.float64).reshape(-1)
+    )
+    Z = np.hstack([Xn, yn])
+    top = np.abs(Z).max(0) if len(Z) else np.zeros(Z.shape[1])
+    _, e = np.frexp(np.where(top > 0, top, 1.0))
+    Zs = Z * np.ldexp(1.0, -e)
+    W = float(w.sum())
+    p = Xn.shape[1]
+    parts = [
+        [float(len(Xn)), W],
+        e.astype(np.float64),
+        w @ Zs / W,
+        w @ np.square(Zs) / W,
+        ((w[:, None] * Zs[:, :p]).T @ Zs[:, p:]).ravel() / W,
+    ]
+    return np.concatenate([np.ravel(q) for q in parts])
+
+
+def same_data(a: Any, b: Any, rtol: float = 1e-9) -> bool:
+    """Whether two :func:`data_fingerprint` results describe the same data."""
+    fa, fb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if fa.shape != fb.shape:
+        return False
+    return bool(np.allclose(fa, fb, rtol=rtol, atol=rtol))
 
 
 def check_sample_weight(sample_weight: Any, X: np.ndarray) -> np.ndarray:
@@ -85,6 +170,7 @@ def check_param(
     high: float | None = None,
     low_open: bool = False,
     options: tuple[Any, ...] | None = None,
+    finite: bool = False,
 ) -> None:
     """Raise ``ValueError`` in scikit-learn's wording when a parameter is out of range."""
     if options is not None:
@@ -102,6 +188,8 @@ def check_param(
         raise ValueError(
             f"The '{name}' parameter must be a number, not NaN. Got {value!r} instead."
         )
+    if finite and math.isinf(v):
+        raise ValueError(f"The '{name}' parameter must be finite. Got {value!r} instead.")
     if low is not None and (v < low or (low_open and v == low)):
         bound = f"> {low}" if low_open else f">= {low}"
         raise ValueError(f"The '{name}' parameter must be {bound}. Got {value!r} instead.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from typing import Any
@@ -13,11 +14,20 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
 from regtorch.estimators._base import (
+    check_gram_range,
     check_param,
+    data_fingerprint,
     validate_fit_input,
     validate_predict_input,
 )
-from regtorch.solvers import GramState, elastic_net, gram_state, solve_least_squares
+from regtorch.solvers import (
+    GramState,
+    elastic_net,
+    enet_duality_gap,
+    gram_state,
+    solve_least_squares,
+)
+from regtorch.training import TrainingDivergedError
 
 __all__ = ["ElasticNet", "Lasso", "LinearRegression", "Ridge"]
 
@@ -31,15 +41,24 @@ class _LinearBase(RegressorMixin, BaseEstimator):
     fit_intercept: bool
     device: str
 
-    def _set_coef(self, coef: torch.Tensor, xo: torch.Tensor, yo: torch.Tensor, y_1d: bool) -> None:
-        # coef: (p, k) -> scikit-learn's (k, p), or (p,) for 1-D y
+    def _set_coef(
+        self,
+        coef: torch.Tensor,
+        xo: torch.Tensor,
+        yo: torch.Tensor,
+        y_1d: bool,
+        intercept: torch.Tensor | None = None,
+    ) -> None:
+        # coef: (p, k) -> scikit-learn's (k, p), or (p,) for 1-D y; ``intercept`` (k,) when
+        # the solver computed it more accurately than yo - xo @ coef
         W = coef.mT.detach().cpu().to(torch.float64).numpy()
-        b = (yo - xo @ coef).detach().cpu().to(torch.float64).numpy()
+        b = (yo - xo @ coef) if intercept is None else intercept
+        bn = b.detach().cpu().to(torch.float64).numpy()
         self.coef_ = W[0] if y_1d else W
         if not self.fit_intercept:
-            self.intercept_: float | np.ndarray = 0.0  # scikit-learn's convention
+            self.intercept_: float | np.ndarray = 0.0  # scikit-learn's convention (a float)
         else:
-            self.intercept_ = float(b[0]) if y_1d else b
+            self.intercept_ = np.float64(bn[0]) if y_1d else bn  # as scikit-learn
 
     def predict(self, X: Any) -> np.ndarray:
         """Predict targets for ``X``; float64, shape ``(n_samples,)`` or ``(n, n_targets)``."""
@@ -84,24 +103,54 @@ def _gradient_fit(
     lr = (
         est.learning_rate if est.learning_rate is not None else (1.0 if solver == "lbfgs" else 0.05)
     )
-    hist = train(
-        module,
-        Xs,
-        ys,
-        optimizer=solver,
-        lr=lr,
-        epochs=max_iter,
-        seed=est.random_state or 0,
-        device=X.device,
-        lr_schedule="cosine" if solver == "adam" else None,
-        penalty=penalty,
-        dtype=torch.float64,
-        tol=est.tol if solver == "lbfgs" else None,
-    )
+    try:
+        hist = train(
+            module,
+            Xs,
+            ys,
+            optimizer=solver,
+            lr=lr,
+            epochs=max_iter,
+            seed=est.random_state or 0,
+            device=X.device,
+            lr_schedule="cosine" if solver == "adam" else None,
+            penalty=penalty,
+            dtype=torch.float64,
+            tol=est.tol if solver == "lbfgs" else None,
+        )
+    except TrainingDivergedError as exc:
+        raise TrainingDivergedError(
+            f"solver={solver!r} diverged with learning_rate={lr:g}: {exc} Lower learning_rate.",
+            exc.history,
+        ) from exc
     est.history_ = hist
     est.n_iter_ = len(hist)
+    _check_not_diverged(module, Xs, ys, hist, solver, lr)
     coef = (module.linear.weight.detach().mT * sy.unsqueeze(0)) / sx.unsqueeze(1)
     return coef, c.X_offset, c.y_offset
+
+
+# A gradient fit whose final training loss exceeds its first by this factor diverged.
+DIVERGENCE_RATIO = 1.5
+
+
+def _check_not_diverged(
+    module: Any, Xs: torch.Tensor, ys: torch.Tensor, hist: Any, solver: str, lr: float
+) -> None:
+    """Raise TrainingDivergedError when the weights or the final loss blew up."""
+    with torch.no_grad():
+        w = module.linear.weight
+        final = (
+            float((Xs @ w.mT - ys).square().mean()) if bool(torch.isfinite(w).all()) else math.nan
+        )
+    first = float(hist.train_loss[0]) if len(hist) else math.nan
+    if not math.isfinite(final) or (math.isfinite(first) and final > DIVERGENCE_RATIO * first):
+        raise TrainingDivergedError(
+            f"solver={solver!r} diverged with learning_rate={lr:g}: the training loss went "
+            f"from {first:.3g} at the first epoch to {final:.3g} at the end (standardised "
+            "units). Lower learning_rate, or use a closed-form solver.",
+            hist,
+        )
 
 
 class LinearRegression(_LinearBase):
@@ -112,10 +161,16 @@ class LinearRegression(_LinearBase):
     fit_intercept : bool
         Fit an intercept (the data are centred first).
     solver : {"auto", "qr", "svd", "cholesky", "lbfgs", "adam"}
-        Closed forms run in float64: "auto" uses Householder QR for small problems and
-        Cholesky on the centred Gram with iterative refinement for large ones, falling back
-        to QR when ill-conditioned and to SVD (minimum norm) when rank deficient.
-        "lbfgs"/"adam" train a linear module by gradient descent (``history_`` is kept).
+        Closed forms: "auto" solves problems up to ``n * p^2 = 1e7`` (p <= 128) from the
+        exactly centred Gram in double-double arithmetic ("extended": correct to float64 on
+        any CPU and BLAS; columns from 1e-300 to 1e300 are scaled exactly), larger ones by
+        Cholesky on the centred Gram with iterative refinement, falling back to QR when
+        ill-conditioned and to SVD (minimum norm) when rank deficient. On problems of the
+        extended size, "qr", "svd" and "cholesky" refine their float64 answer with the
+        extended-precision residual and take their statistics from the extended path; where
+        their float64 answer cannot be trusted they fall back with a warning, and
+        ``solver_`` says so. "lbfgs"/"adam" train a linear module by gradient descent
+        (``history_`` is kept); a diverging run raises ``TrainingDivergedError``.
     max_iter : int or None
         Epochs for the gradient solvers (default 100 for L-BFGS, 3000 for Adam).
     tol : float
@@ -134,7 +189,8 @@ class LinearRegression(_LinearBase):
     intercept_ : float or ndarray of shape (n_targets,)
     rank_ : int
     solver_ : str
-        The closed form actually used.
+        The closed form actually used, naming any fallback, e.g.
+        ``"qr (fallback from cholesky: scaled Gram condition number 3.1e+16 > 1e+10)"``.
     n_iter_ : int
         Epochs run by a gradient solver; 1 for a closed form.
     history_ : regtorch.training.History
@@ -190,7 +246,8 @@ class LinearRegression(_LinearBase):
             self.rank_ = Xt.shape[1]
             self.solver_ = self.solver
             self._R = None
-            state = None
+            self._bse_unit = None
+            sol = None
         else:
             self.__dict__.pop("history_", None)  # gradient-only attribute
             sol, xo, yo = solve_least_squares(
@@ -201,10 +258,35 @@ class LinearRegression(_LinearBase):
             self.solver_ = sol.solver
             self.n_iter_ = 1  # one direct solve
             self._R = sol.R
-            state = sol.state
-        self._set_coef(coef, xo, yo, y_1d)
-        self._fit_info = _fit_info(Xt, yt, sw, coef, xo, yo, self.fit_intercept, state)
+            self._bse_unit = sol.bse_unit
+        self._set_coef(coef, xo, yo, y_1d, None if sol is None else sol.intercept)
+        if sol is not None and sol.sst is not None:
+            self._fit_info = self._extended_fit_info(Xt, yt, sw, xo, sol.sst)
+        else:
+            state = None if sol is None else sol.state
+            self._fit_info = _fit_info(Xt, yt, sw, coef, xo, yo, self.fit_intercept, state)
+        self._fit_info["fingerprint"] = data_fingerprint(Xt, yt, sw)
         return self
+
+    def _extended_fit_info(
+        self,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        sw: torch.Tensor | None,
+        xo: torch.Tensor,
+        sst: np.ndarray,
+    ) -> dict[str, Any]:
+        """Fit statistics with the residuals of the reported coefficients in double-double."""
+        from regtorch.solvers import extended_sse
+
+        Xn = X.detach().cpu().numpy()
+        yn = y.detach().cpu().numpy()
+        wn = None if sw is None else sw.detach().cpu().numpy().reshape(-1)
+        coef = np.atleast_2d(self.coef_).T  # (p, k)
+        b = np.broadcast_to(np.asarray(self.intercept_, dtype=np.float64), (yn.shape[1],))
+        sse = extended_sse(Xn, yn, wn, coef, np.array(b))
+        w = None if sw is None else sw.reshape(-1, 1).to(X.dtype)
+        return _info_dict(X, w, torch.as_tensor(sse), torch.as_tensor(sst), xo)
 
     def summary(
         self,
@@ -340,11 +422,11 @@ class Ridge(LinearRegression):
 
     def _check_params(self) -> None:
         super()._check_params()
-        check_param("alpha", self.alpha, kind=numbers.Real, low=0)
+        check_param("alpha", self.alpha, kind=numbers.Real, low=0, finite=True)
 
     def fit(self, X: Any, y: Any, sample_weight: Any | None = None) -> Ridge:
         """Fit the model; returns ``self``."""
-        check_param("alpha", self.alpha, kind=numbers.Real, low=0)
+        check_param("alpha", self.alpha, kind=numbers.Real, low=0, finite=True)
         self._alpha = float(self.alpha)
         super().fit(X, y, sample_weight)
         return self
@@ -375,7 +457,9 @@ class ElasticNet(_LinearBase):
     max_iter : int
         Maximum FISTA iterations per target.
     tol : float
-        Relative coefficient change that ends the iterations.
+        Relative coefficient change that ends the iterations; the fit counts as converged
+        when its duality gap is at most ``tol * ||y||^2 / n_samples`` (scikit-learn's test,
+        with no absolute floor), else a ``ConvergenceWarning`` is raised.
     positive : bool
         Constrain coefficients to be >= 0.
     warm_start : bool
@@ -412,8 +496,8 @@ class ElasticNet(_LinearBase):
         self.device = device
 
     def _check_params(self) -> None:
-        check_param("alpha", self.alpha, kind=numbers.Real, low=0)
-        check_param("l1_ratio", self.l1_ratio, kind=numbers.Real, low=0, high=1)
+        check_param("alpha", self.alpha, kind=numbers.Real, low=0, finite=True)
+        check_param("l1_ratio", self.l1_ratio, kind=numbers.Real, low=0, high=1, finite=True)
         check_param("max_iter", self.max_iter, kind=numbers.Integral, low=1)
         check_param("tol", self.tol, kind=numbers.Real, low=0)
         for flag in ("fit_intercept", "positive", "warm_start"):
@@ -423,6 +507,7 @@ class ElasticNet(_LinearBase):
         """Fit the model; returns ``self``."""
         self._check_params()
         Xt, yt, sw, y_1d = validate_fit_input(self, X, y, sample_weight, device=self.device)
+        check_gram_range(self, Xt, yt)
         n, p = Xt.shape
         k = yt.shape[1]
         if sw is not None:
@@ -437,11 +522,12 @@ class ElasticNet(_LinearBase):
         coef = Xt.new_zeros(p, k)
         prev = getattr(self, "coef_", None) if self.warm_start else None
         n_iters, gaps = [], []
+        not_converged: list[tuple[int, float, float]] = []
         for j in range(k):
             init = None
             if prev is not None and np.atleast_2d(prev).shape == (k, p):
                 init = torch.as_tensor(np.atleast_2d(prev)[j], dtype=Xt.dtype, device=Xt.device)
-            wj, it, gap = elastic_net(
+            wj, it, _ = elastic_net(
                 G,
                 Xty[:, j],
                 l1,
@@ -453,12 +539,18 @@ class ElasticNet(_LinearBase):
             )
             coef[:, j] = wj
             n_iters.append(it)
+            yty = float(st.yty[j]) / n
+            gap = enet_duality_gap(G, Xty[:, j], yty, l1, l2, wj, bool(self.positive))
             gaps.append(gap)
-        scale = 1.0 + float(Xty.abs().max()) if Xty.numel() else 1.0
-        if max(gaps) > max(float(self.tol), 1e-7) * scale:
+            # scikit-learn's test: duality gap <= tol * ||y||^2 / n, no absolute floor
+            if not gap <= float(self.tol) * yty:
+                not_converged.append((j, gap, float(self.tol) * yty))
+        if not_converged:
+            j, gap, limit = max(not_converged, key=lambda t: t[1] - t[2])
             warnings.warn(
-                f"Objective did not converge after {self.max_iter} iterations (largest "
-                f"optimality violation {max(gaps):.3g}). Increase max_iter or tol, or scale "
+                f"Objective did not converge after {self.max_iter} iterations: duality gap "
+                f"{gap:.3g} > tol * ||y||^2 / n_samples = {limit:.3g}"
+                f"{f' (target {j})' if k > 1 else ''}. Increase max_iter or tol, or scale "
                 "the features.",
                 ConvergenceWarning,
                 stacklevel=2,
