@@ -2,20 +2,20 @@
 
 A checkpoint holds what an exact resume needs: the module's weights, the optimizer's state,
 the scheduler's position, the batch-order generator, the history so far and the callbacks'
-state. Files are written atomically; a truncated or altered file is refused with a clear
-error, never half-loaded. Nothing is unpickled.
+state. Files are written atomically with a SHA-256 of their tensors and metadata; a truncated
+or altered file is refused with a clear error, never half-loaded. Nothing is unpickled.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from regtorch._files import write_bytes_atomic
+from regtorch._files import IntegrityError, dump_safetensors, write_bytes_atomic
 
 __all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
 
@@ -56,13 +56,10 @@ def _unflatten(skel: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
     """Write ``payload`` (nested dicts/lists of tensors and JSON values) atomically."""
-    from safetensors.torch import save
-
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten("ckpt", payload, tensors)
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "payload": skeleton}
-    data = save(tensors, metadata={"regtorch": json.dumps(meta)})
-    return write_bytes_atomic(path, data)
+    return write_bytes_atomic(path, dump_safetensors(tensors, meta))
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -80,10 +77,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise CheckpointError(f"Checkpoint {p} does not exist.")
     try:
-        meta, tensors = read_safetensors(p.read_bytes())
+        meta, tensors, verified = read_safetensors(p.read_bytes())
         if not isinstance(meta.get("payload"), dict):
             raise ValueError("no regtorch payload in the header")
         payload = _unflatten(meta["payload"], tensors)
+    except IntegrityError as exc:
+        raise CheckpointError(f"Checkpoint {p}: {exc}; it was not loaded.") from exc
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(
             f"Checkpoint {p} is truncated or corrupt ({exc}); it was not loaded. Resume from "
@@ -94,4 +93,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"Checkpoint {p} holds non-finite values in {name}.")
+    if not verified:
+        warnings.warn(
+            f"Checkpoint {p} carries no integrity hash (it was written by an older regtorch), "
+            "so an alteration cannot be detected.",
+            UserWarning,
+            stacklevel=2,
+        )
     return dict(payload)

@@ -1,21 +1,22 @@
 """Model files: safetensors for tensors, JSON (in the safetensors header) for the rest.
 
-The only module that writes models. Loading never unpickles: it accepts only the classes of
-an allow-list and checks tensor names, shapes, dtypes and finiteness against the metadata
-before building the estimator.
+The only module that writes models. Loading never unpickles: it verifies the SHA-256 of the
+tensors and of the metadata recorded at saving, accepts only the classes of an allow-list,
+checks tensor names, shapes, dtypes and finiteness against the metadata, and checks that the
+declared network is the one whose weights the file holds before building the estimator.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from regtorch._files import write_bytes_atomic
+from regtorch._files import IntegrityError, dump_safetensors, write_bytes_atomic
 
 __all__ = ["ModelFileError", "load", "save"]
 
@@ -51,6 +52,9 @@ def _tensors_of(est: Any) -> dict[str, torch.Tensor]:
         R = getattr(est, "_R", None)
         if R is not None:
             out["R"] = R.detach().cpu().to(torch.float64)
+        bse_unit = getattr(est, "_bse_unit", None)  # the solver's extended-precision SEs
+        if bse_unit is not None:
+            out["bse_unit"] = torch.as_tensor(np.asarray(bse_unit, dtype=np.float64))
         info = getattr(est, "_fit_info", None)
         if info is not None:
             out["X_offset"] = torch.as_tensor(info["X_offset"], dtype=torch.float64)
@@ -90,7 +94,6 @@ def save(
     >>> np.allclose(regtorch.load(save(m, p)).predict(np.eye(3)), m.predict(np.eye(3)))
     True
     """
-    from safetensors.torch import save as st_save
     from sklearn.utils.validation import check_is_fitted
 
     import regtorch
@@ -137,8 +140,7 @@ def save(
         "versions": {"regtorch": regtorch.__version__, "torch": torch.__version__},
         "extra": extra or {},
     }
-    data = st_save(tensors, metadata={"regtorch": json.dumps(meta)})
-    return write_bytes_atomic(out, data)
+    return write_bytes_atomic(out, dump_safetensors(tensors, meta))
 
 
 def read_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -151,7 +153,9 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
     if not p.is_file():
         raise ModelFileError(f"Model file {p} does not exist.")
     try:
-        meta, tensors = read_safetensors(p.read_bytes())
+        meta, tensors, verified = read_safetensors(p.read_bytes())
+    except IntegrityError as exc:
+        raise ModelFileError(f"{p}: {exc}; refused.") from exc
     except ValueError as exc:
         raise ModelFileError(
             f"{p} is not a valid regtorch model file ({exc}); refit and save it again."
@@ -184,6 +188,13 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
             )
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelFileError(f"{p}: tensor {k} holds NaN or infinite values; refused.")
+    if not verified:
+        warnings.warn(
+            f"{p} carries no integrity hash (it was written by an older regtorch), so an "
+            "alteration cannot be detected; save it again to add one.",
+            UserWarning,
+            stacklevel=3,
+        )
     return meta, tensors
 
 
@@ -267,11 +278,16 @@ def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
         if not params.get("fit_intercept", True):
             est.intercept_ = 0.0
         else:
-            est.intercept_ = float(intercept[0]) if y_1d else intercept
+            est.intercept_ = np.float64(intercept[0]) if y_1d else intercept
         for a in ("rank_", "solver_", "n_iter_"):
             if a in attrs:
                 setattr(est, a, attrs[a])
         est._R = tensors.get("R")
+        bse_unit = tensors.get("bse_unit")
+        n_params = coef.shape[1] + int(bool(params.get("fit_intercept", True)))
+        if bse_unit is not None and list(bse_unit.shape) != [n_params]:
+            raise ValueError(f"bse_unit has shape {list(bse_unit.shape)} for {n_params} parameters")
+        est._bse_unit = None if bse_unit is None else bse_unit.numpy()
         if "fit_info" in attrs:
             info = dict(attrs["fit_info"])
             info["sse"] = np.asarray(info["sse"], dtype=np.float64)
@@ -285,6 +301,16 @@ def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
 
     sizes = params["hidden_layer_sizes"]
     sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)
+    # the declared network must be the one stored: a header declaring a giant network is
+    # refused before anything of its size is allocated
+    widths = [p, *(int(s) for s in sizes), int(attrs["n_outputs"])]
+    declared = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+    stored = sum(t.numel() for k, t in tensors.items() if k.startswith("module."))
+    if min(widths) < 1 or declared != stored:
+        raise ValueError(
+            f"the parameters declare a network of {declared:,} weights, but the file holds "
+            f"{stored:,}"
+        )
     module = MLP(p, sizes, int(attrs["n_outputs"]), params["activation"])
     state = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
     module.load_state_dict(state, strict=True)
@@ -300,9 +326,13 @@ def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
     est._y_1d = bool(attrs["y_1d"])
     est.n_iter_ = int(attrs["n_iter_"])
     est.best_epoch_ = int(attrs["best_epoch_"])
-    if not hasattr(est, "history_") or len(est.history_) != est.n_iter_ or est.n_iter_ < 1:
+    if not hasattr(est, "history_") or len(est.history_) != est.n_iter_:
         raise ValueError("the training history does not match n_iter_")
-    if not 1 <= est.best_epoch_ <= est.n_iter_:
-        raise ValueError(f"best_epoch_ {est.best_epoch_} is outside 1..{est.n_iter_}")
+    # Ctrl-C in the first epoch leaves no complete epoch: the initial weights, "epoch 0"
+    if est.n_iter_ < 1 and not est.history_.interrupted:
+        raise ValueError("the training history does not match n_iter_")
+    first = min(1, est.n_iter_)
+    if not first <= est.best_epoch_ <= est.n_iter_:
+        raise ValueError(f"best_epoch_ {est.best_epoch_} is outside {first}..{est.n_iter_}")
     est.loss_curve_ = list(est.history_.train_loss) if hasattr(est, "history_") else []
     return est
