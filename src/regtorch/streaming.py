@@ -2,10 +2,10 @@
 
 A :class:`TableSource` streams a Parquet file, a folder of Parquet files or a CSV in batches
 sized by a memory budget; in a ``torch.distributed`` process group each rank reads its own
-share (Parquet row groups round-robin, CSV batches round-robin). Linear models accumulate
-:class:`MomentState` (count, mean, centred cross-products of ``[X, y]``; merged with Chan's
-formula, never raw sums of squares), reduced across ranks in rank order so every rank holds
-the same answer.
+share (runs of consecutive Parquet row groups round-robin, CSV batches round-robin). Linear
+models accumulate :class:`MomentState` (count, mean, centred cross-products of ``[X, y]``;
+merged with Chan's formula, never raw sums of squares), reduced across ranks in rank order so
+every rank holds the same answer.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from regtorch.data import DataError, _listing, _no_duplicates
+from regtorch.data import DataError, _check_unique, _listing, _no_duplicates
 from regtorch.training import _num_threads
 
 __all__ = [
@@ -39,10 +39,25 @@ STREAM_QR_COND = 1e6
 STREAM_COND_WARN = 1e8
 # centre a batch explicitly when a column's squared mean exceeds its variance this many times
 CANCELLATION_RATIO = 1e3
-# bytes held per value of a batch: the Arrow batch, the float64 copy, a centred copy, slack
-BYTES_PER_VALUE = 8 * 8
+# bytes held per value of a batch: the Arrow batch, the float64 copy, a centred copy, the
+# prefetched batch, slack (measured 72 for 64k-row batches)
+BYTES_PER_VALUE = 8 * 10
 # CSV blocks read at a time (the same on every rank)
 CSV_BLOCK_BYTES = 1 << 23
+# small Parquet row groups are read together, up to this many rows per unit of work
+UNIT_ROWS = 1 << 16
+# memory a streamed fit needs beyond its batches once started: reader and allocator buffers,
+# the prefetch thread, solver workspaces (measured 14-20 MiB on CPU)
+WORKING_SET = 16 * 2**20
+# row groups read together cost up to this much more once their column chunks pass ~512 KiB:
+# the allocator keeps large buffers in segments of their own (measured +30 MiB)
+LARGE_GROUP_SLACK = 32 * 2**20
+# and beyond that they are held ~2.5 times (compressed, decoded, as Arrow arrays; 3 for a
+# margin): whole runs peaked 70 MiB over start-up with 9.6 MiB row groups, 88 with 46 MiB
+ROW_GROUP_COPIES = 3
+# the fewest rows a batch may have when the budget is tight
+MIN_BATCH_ROWS = 4096
+PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 def default_memory_limit() -> int:
@@ -54,7 +69,7 @@ def default_memory_limit() -> int:
 
 
 def parse_memory(text: str) -> int:
-    """``"2GB"``, ``"512MB"``, ``"1.5G"`` or bytes -> bytes."""
+    """``"2GB"``, ``"512MB"``, ``"1.5G"`` or bytes -> bytes (at least one byte)."""
     t = text.strip().upper().replace("IB", "B")
     units = {
         "KB": 1024,
@@ -67,21 +82,23 @@ def parse_memory(text: str) -> int:
         "T": 1024**4,
         "B": 1,
     }
-    value = None
+    scale, number = 1, t
     for u in sorted(units, key=len, reverse=True):
         if t.endswith(u):
-            try:
-                value = float(t[: -len(u)]) * units[u]
-            except ValueError:
-                pass
+            scale, number = units[u], t[: -len(u)].strip()
             break
-    else:
-        try:
-            value = float(t)
-        except ValueError:
-            pass
-    if value is None or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"Cannot read the memory size {text!r}; write e.g. 2GB or 512MB.")
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise ValueError(
+            f"Cannot read the memory size {text!r}; write e.g. 2GB or 512MB."
+        ) from None
+    if not math.isfinite(value):
+        raise ValueError(f"Cannot read the memory size {text!r}: it must be a finite size.")
+    if value <= 0:
+        raise ValueError(f"Cannot read the memory size {text!r}: it must be positive.")
+    if value < 1:
+        raise ValueError(f"Cannot read the memory size {text!r}: it is less than one byte.")
     return int(value)
 
 
@@ -92,6 +109,29 @@ def _resident_bytes() -> int:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _resident_after_start_up() -> int:
+    """Resident bytes once the code a streamed fit runs is loaded.
+
+    Libraries map their pages on first use (scikit-learn and SciPy on import, LAPACK on the
+    first factorisation): that memory is the process's, not the batches', so it is counted
+    as held before the budget is split.
+    """
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    import regtorch.estimators.linear  # noqa: F401
+    from regtorch.training import _num_threads
+
+    with _num_threads(1):
+        torch.linalg.qr(torch.eye(8, dtype=torch.float64), mode="r")
+    return _resident_bytes()
+
+
+def _reading_bytes(group: int) -> int:
+    """Memory a streamed fit needs beside its batches, reading ``group`` bytes at a time."""
+    return int(WORKING_SET + min(LARGE_GROUP_SLACK, 16 * group) + ROW_GROUP_COPIES * group)
 
 
 def _batch_matrix(rb: Any, cols: list[str]) -> np.ndarray:
@@ -149,12 +189,22 @@ class TableSource:
     Parameters
     ----------
     path : path
-        A Parquet file, a folder of Parquet files, or a CSV file.
+        A Parquet file, a folder of Parquet files, or a CSV file. A folder is read
+        non-recursively: only its own ``.parquet``/``.pq`` files, in name order; subfolders
+        and names starting with ``.`` or ``_`` (``_SUCCESS``, ``_metadata``) are skipped, and a
+        warning names skipped subfolders that hold Parquet files. Every file must have the same
+        columns (same names, numeric or not alike); pandas index columns
+        (``__index_level_0__``) are not data, as when the file is read in memory.
     target : str or list of str
     features : list of str or None
         Default: every other numeric column.
     memory_limit : int or None
-        Bytes; decides the batch size. Default: a quarter of the machine's memory.
+        Bytes for the whole process's resident memory (peak RSS) while it reads and fits;
+        decides the batch size. What the process holds once its libraries are loaded counts
+        against it, and a budget below that plus a working set and one batch is refused with
+        the minimum (a network's fit checks again once its optimizer is loaded). Not covered:
+        what runs after the fit, such as plots and reports (matplotlib, ~15 MiB). Default: a
+        quarter of the machine's memory.
     batch_rows : int or None
         Overrides the size derived from ``memory_limit``.
     """
@@ -167,54 +217,58 @@ class TableSource:
         memory_limit: int | None = None,
         batch_rows: int | None = None,
         sep: str | None = None,
+        encoding: str = "utf-8",
     ) -> None:
-        import pyarrow.parquet as pq
+        import codecs
 
         self.path = Path(path)
         if not self.path.exists():
             raise DataError(f"{self.path}: no such file or folder.")
+        if memory_limit is not None and not memory_limit >= 1:
+            raise ValueError(
+                f"memory_limit must be a positive number of bytes, got {memory_limit}."
+            )
+        if batch_rows is not None and not batch_rows >= 1:
+            raise ValueError(f"batch_rows must be a positive number of rows, got {batch_rows}.")
         self.targets = [target] if isinstance(target, str) else list(target)
         self.sep = sep
+        try:
+            self.encoding = codecs.lookup(encoding).name
+        except LookupError:
+            raise ValueError(f"Unknown text encoding {encoding!r}; try utf-8, latin-1.") from None
+        self.n_rows: int | None = None
+        # (file, row group, first global row) of every Parquet row group, in reading order
+        self.units: list[tuple[Path, int, int]] = []
+        self._group_rows: list[int] = []
+        self._file_start: dict[Path, int] = {}
         if self.path.is_dir():
-            self.files = sorted(
-                p for p in self.path.rglob("*") if p.suffix.lower() in (".parquet", ".pq")
-            )
-            if not self.files:
-                raise DataError(f"{self.path} holds no .parquet files.")
-            self.kind = "parquet"
-        elif self.path.suffix.lower() in (".parquet", ".pq"):
+            self.files, self.kind = self._folder_files(), "parquet"
+        elif self.path.suffix.lower() in PARQUET_SUFFIXES:
             self.files, self.kind = [self.path], "parquet"
         elif self.path.suffix.lower() in (".csv", ".tsv", ".txt"):
             self.files, self.kind = [self.path], "csv"
         else:
             raise DataError(f"{self.path}: streaming reads Parquet files, folders of them, or CSV.")
         if self.kind == "parquet":
-            try:
-                metas = [pq.ParquetFile(f).metadata for f in self.files]
-                schema = pq.ParquetFile(self.files[0]).schema_arrow
-            except Exception as exc:
-                raise DataError(f"{self.path}: not readable as Parquet ({exc}).") from exc
-            self.n_rows: int | None = sum(m.num_rows for m in metas)
-            # (file, row group, first global row): the unit of work shared among ranks
-            self.units: list[tuple[Path, int, int]] = []
-            start = 0
-            for f, m in zip(self.files, metas):
-                for g in range(m.num_row_groups):
-                    self.units.append((f, g, start))
-                    start += m.row_group(g).num_rows
-            names, types = list(schema.names), {n: schema.field(n).type for n in schema.names}
+            names, types = self._parquet_schema()
         else:
             names, types = self._csv_schema()
-            self.n_rows = None
-            self.units = []
         self.file_bytes = sum(f.stat().st_size for f in self.files)
+        self.features = self._check_columns(names, types, features)
+        self._set_budget(memory_limit, batch_rows)
+
+    def _check_columns(
+        self, names: list[str], types: dict[str, Any], features: list[str] | None
+    ) -> list[str]:
+        """The feature list, after the same checks as the in-memory reader."""
+        import pyarrow.types as pat
+
         _no_duplicates(self.targets, "target")
         absent = [t for t in self.targets if t not in names]
         if absent:
             raise DataError(
                 f"Target column {', '.join(map(repr, absent))} not found; {_listing(names)}"
             )
-        import pyarrow.types as pat
 
         def numeric(n: str) -> bool:
             t = types[n]
@@ -225,50 +279,196 @@ class TableSource:
 
         for t in self.targets:
             if not numeric(t):
-                raise DataError(f"Target column {t!r} is not numeric; regression needs a number.")
+                raise DataError(
+                    f"Target column {t!r} is not numeric{self._example(t)}; regression needs a "
+                    "number."
+                )
         feats = [n for n in names if n not in self.targets] if features is None else list(features)
         _no_duplicates(feats, "feature")
+        both = [f for f in feats if f in self.targets]
+        if both:
+            raise DataError(
+                f"Column(s) {', '.join(map(repr, both))} cannot be both a feature and the target."
+            )
         absent = [f for f in feats if f not in names]
         if absent:
             raise DataError(
                 f"Feature column(s) {', '.join(map(repr, absent))} not found; {_listing(names)}"
             )
+        if not feats:
+            raise DataError("No feature columns: the table holds only the target.")
         text = [f for f in feats if not numeric(f)]
         if text:
             raise DataError(
-                f"Non-numeric feature column(s) {', '.join(map(repr, text))}: streaming fits take "
-                "numeric columns only; drop them with --features."
+                f"Non-numeric feature column(s) {', '.join(map(repr, text))}"
+                f"{self._example(text[0])}: streaming fits take numeric columns only; drop them "
+                "with --features."
             )
-        self.features = feats
-        width = len(feats) + len(self.targets)
-        budget = memory_limit or default_memory_limit()
-        self.memory_limit = budget
-        # the budget is for the whole process: what is already resident (Python, torch,
-        # pyarrow) is not available to batches, and Parquet decodes a row group whole
-        held, group = _resident_bytes(), self._largest_row_group_bytes(width)
-        free = budget - held - group
-        if batch_rows is None and free < BYTES_PER_VALUE * width * 4096:
-            raise DataError(
-                f"A memory limit of {budget / 2**20:.0f} MiB is too small: this process already "
-                f"holds {held / 2**20:.0f} MiB and a row group decodes to {group / 2**20:.0f} "
-                "MiB; allow more memory (e.g. --memory-limit 2GB)."
-            )
-        # at most 64k rows: larger batches fall out of cache and slow the Gram (measured)
-        self.batch_rows = int(batch_rows or min(1 << 16, free // (BYTES_PER_VALUE * width)))
+        return feats
 
-    def _largest_row_group_bytes(self, width: int) -> int:
-        if self.kind != "parquet" or not self.units:
-            return 0
+    def _set_budget(self, memory_limit: int | None, batch_rows: int | None) -> None:
+        """Batch rows from the budget left once the process has started."""
+        width = len(self.features) + len(self.targets)
+        budget = int(memory_limit or default_memory_limit())
+        self.memory_limit = budget
+        held = _resident_after_start_up()
+        group = self._largest_unit_bytes(width)
+        fixed = held + _reading_bytes(group)
+        least = fixed + BYTES_PER_VALUE * width * MIN_BATCH_ROWS
+        if batch_rows is None and budget < least:
+            mib = 2**20
+            raise DataError(
+                f"A memory limit of {budget / mib:.0f} MiB is too small: this process already "
+                f"holds {held / mib:.0f} MiB once started, and reading needs "
+                f"{(least - held) / mib:.0f} MiB more (its row groups decode to "
+                f"{group / mib:.0f} MiB); the minimum is {math.ceil(least / mib)} MiB: use --memory-limit "
+                f"{math.ceil(least / mib)}MB or more."
+            )
+        self._sized_by_budget = batch_rows is None
+        # at most 64k rows: larger batches fall out of cache and slow the Gram (measured)
+        self.batch_rows = int(
+            batch_rows or min(1 << 16, (budget - fixed) // (BYTES_PER_VALUE * width))
+        )
+
+    def spare_bytes(self, purpose: str) -> int:
+        """Budget left beside what is resident now, reading and half of it for batches.
+
+        For a fit that loads more code after this source was sized (a network's optimizer
+        loads ~75 MiB): the batches shrink to fit, and a budget with no room left for a
+        batch is refused, naming the minimum.
+        """
+        width = len(self.features) + len(self.targets)
+        held = _resident_bytes()
+        per_row = BYTES_PER_VALUE * width
+        free = self.memory_limit - held - _reading_bytes(self._largest_unit_bytes(width))
+        if self._sized_by_budget and free < 2 * per_row * MIN_BATCH_ROWS:
+            least = self.memory_limit - free + 2 * per_row * MIN_BATCH_ROWS
+            mib = 2**20
+            raise DataError(
+                f"A memory limit of {self.memory_limit / mib:.0f} MiB is too small {purpose}: "
+                f"this process holds {held / mib:.0f} MiB once started; the minimum is "
+                f"{math.ceil(least / mib)} MiB: use --memory-limit {math.ceil(least / mib)}MB "
+                "or more."
+            )
+        if self._sized_by_budget:
+            self.batch_rows = int(min(self.batch_rows, free // 2 // per_row))
+        return max(int(free - self.batch_rows * per_row), 0)
+
+    def _folder_files(self) -> list[Path]:
+        """The folder's own Parquet files (not its subfolders'), in name order."""
+        files, skipped, others = [], [], []
+        for p in sorted(self.path.iterdir()):
+            if p.name.startswith((".", "_")):
+                continue
+            if p.is_dir():
+                if any(q.suffix.lower() in PARQUET_SUFFIXES for q in p.rglob("*")):
+                    skipped.append(p.name)
+            elif p.suffix.lower() in PARQUET_SUFFIXES:
+                files.append(p)
+            else:
+                others.append(p.name)
+        if skipped:
+            warnings.warn(
+                f"{self.path}: subfolder(s) {', '.join(skipped[:5])}"
+                f"{' ...' if len(skipped) > 5 else ''} hold Parquet files that are not read; "
+                "only the folder's own files are.",
+                stacklevel=3,
+            )
+        if not files:
+            raise DataError(
+                f"{self.path} holds no .parquet files of its own"
+                + (" (subfolders are not read)." if skipped else ".")
+            )
+        if others:
+            warnings.warn(
+                f"{self.path}: skipping {len(others)} file(s) that are not .parquet: "
+                f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''}.",
+                stacklevel=3,
+            )
+        return files
+
+    def _parquet_schema(self) -> tuple[list[str], dict[str, Any]]:
+        """Columns and types, the same in every file; row groups and row counts."""
         import pyarrow.parquet as pq
 
-        rows = max(pq.ParquetFile(f).metadata.row_group(g).num_rows for f, g, _ in self.units[:256])
-        return int(rows * width * 8)
+        names: list[str] = []
+        types: dict[str, Any] = {}
+        start = 0
+        for f in self.files:
+            try:
+                with pq.ParquetFile(f) as pf:
+                    meta, schema = pf.metadata, pf.schema_arrow
+            except Exception as exc:  # pyarrow raises several types for a bad file
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise DataError(f"{f}: not readable as Parquet ({msg}).") from exc
+            cols, ctypes = _data_columns(schema)
+            _check_unique(cols, f)
+            if f == self.files[0]:
+                names, types = cols, ctypes
+            else:
+                _same_columns(f, cols, ctypes, self.files[0], names, types)
+            self._file_start[f] = start
+            for g in range(meta.num_row_groups):
+                rows = meta.row_group(g).num_rows
+                self.units.append((f, g, start))
+                self._group_rows.append(rows)
+                start += rows
+        self.n_rows = start
+        if start == 0:
+            raise DataError(
+                f"{self.path} has a header but no data rows"
+                + (" (in any of its files)." if len(self.files) > 1 else ".")
+            )
+        return names, types
+
+    def _work_units(self, world: int) -> list[tuple[Path, list[int], int]]:
+        """Consecutive row groups of one file read together: (file, groups, first global row).
+
+        Small groups are coalesced up to ``UNIT_ROWS`` rows, fewer when that would leave
+        ranks idle; the cut depends on the files and ``world`` only, so every rank agrees and
+        each row belongs to exactly one unit.
+        """
+        n = self.n_rows or 0
+        target = max(1, min(UNIT_ROWS, n // (4 * world)))
+        out: list[tuple[Path, list[int], int]] = []
+        rows = 0
+        for (f, g, start), k in zip(self.units, self._group_rows):
+            if out and out[-1][0] == f and rows + k <= target:
+                out[-1][1].append(g)
+                rows += k
+            else:
+                out.append((f, [g], start))
+                rows = k
+        return out
+
+    def _largest_unit_bytes(self, width: int) -> int:
+        """Decoded bytes of the largest unit of row groups read together."""
+        starts = [start for _, _, start in self._work_units(_rank_world()[1])]
+        sizes = np.diff([*starts, self.n_rows or 0])
+        return int(max(sizes, default=0)) * width * 8
 
     def _csv_schema(self) -> tuple[list[str], dict[str, Any]]:
+        import pyarrow as pa
 
-        reader = self._csv_reader(1 << 16)
-        schema = reader.schema
-        return list(schema.names), {n: schema.field(n).type for n in schema.names}
+        f = self.files[0]
+        if f.stat().st_size == 0:
+            raise DataError(f"{f} is empty.")
+        try:
+            schema = self._csv_reader(1 << 16).schema
+            names = list(schema.names)
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{f}: the header is not {self.encoding} text ({exc.reason}, byte "
+                f"{exc.object[exc.start : exc.start + 1]!r}); give the file's encoding with "
+                "--encoding, e.g. latin-1."
+            ) from exc
+        except pa.ArrowInvalid as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "Empty CSV" in msg:
+                raise DataError(f"{f} is empty.") from exc
+            raise DataError(f"{f} could not be read as CSV: {msg}") from exc
+        _check_unique(names, f)
+        return names, {n: schema.field(n).type for n in names}
 
     def _csv_reader(self, block: int, columns: list[str] | None = None) -> Any:
         import csv
@@ -278,13 +478,13 @@ class TableSource:
 
         sep = self.sep
         if sep is None:
-            with self.files[0].open("r", newline="", encoding="utf-8", errors="replace") as fh:
+            with self._open_text() as fh:
                 head = fh.read(65536)
             head = head[: head.rfind("\n") + 1] or head  # whole lines only
             try:
                 sep = csv.Sniffer().sniff(head, delimiters=",;\t|").delimiter
             except csv.Error:
-                sep = ","
+                sep = "\t" if self.files[0].suffix.lower() == ".tsv" else ","
         self.sep = sep
         convert = pcsv.ConvertOptions()
         if columns is not None:  # read only the used columns, all as float64
@@ -293,12 +493,92 @@ class TableSource:
             )
         return pcsv.open_csv(
             self.files[0],
-            read_options=pcsv.ReadOptions(block_size=block),
+            read_options=pcsv.ReadOptions(block_size=block, encoding=self.encoding),
             parse_options=pcsv.ParseOptions(delimiter=sep, newlines_in_values=True),
             convert_options=convert,
         )
 
-    def _to_numpy(self, rb: Any, first_row: int, missing: str) -> Batch:
+    def _open_text(self) -> Any:
+        """The CSV as text in its encoding (a UTF-8 byte-order mark skipped, bad bytes as U+FFFD)."""
+        enc = "utf-8-sig" if self.encoding == "utf-8" else self.encoding
+        return self.files[0].open("r", newline="", encoding=enc, errors="replace")
+
+    def _csv_lines(self) -> Iterator[tuple[int, list[str]]]:
+        """(first line number, fields) of each CSV record after the header (error paths)."""
+        import csv
+
+        with self._open_text() as fh:
+            reader = csv.reader(fh, delimiter=self.sep or ",")
+            next(reader, None)
+            line = reader.line_num + 1
+            for fields in reader:
+                if fields:  # pyarrow skips blank lines too
+                    yield line, fields
+                line = reader.line_num + 1
+
+    def _example(self, col: str) -> str:
+        """' (e.g. 'x' at t.csv line 9)': the first value of a CSV column that is no number."""
+        if self.kind != "csv":
+            return ""
+        header = self._csv_header()
+        if col not in header:
+            return ""
+        k = header.index(col)
+        for line, fields in self._csv_lines():
+            if k < len(fields) and _not_a_number(fields[k]):
+                return f" (e.g. {fields[k]!r} at {self.files[0]} line {line})"
+        return ""
+
+    def _where(self, file: Path, row: int) -> str:
+        """'<file> line N' (CSV, 1-based in the file) or '<file> row N' (Parquet, 1-based)."""
+        if self.kind == "csv":
+            for i, (line, _) in enumerate(self._csv_lines()):
+                if i == row:
+                    return f"{file} line {line}"
+        return f"{file} row {row + 1}"
+
+    def _bad_csv_value(self, exc: Exception, first_row: int) -> DataError:
+        """A one-line error naming the file, column, line and value a conversion failed on."""
+        import re
+
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        m = re.search(r"column #(\d+).*invalid value '(.*)'$", text)
+        f = self.files[0]
+        if m is not None:
+            header = self._csv_header()
+            j = int(m.group(1))
+            col = self.features + self.targets
+            name = header[j] if j < len(header) else (col[j] if j < len(col) else f"#{j}")
+            k = header.index(name) if name in header else j
+            for i, (line, fields) in enumerate(self._csv_lines()):
+                if i < first_row or k >= len(fields):
+                    continue
+                value = fields[k]
+                if "\ufffd" in value:
+                    return DataError(
+                        f"{f} line {line}, column {name!r}: the value holds bytes that are not "
+                        f"{self.encoding} text; give the file's encoding with --encoding."
+                    )
+                if _not_a_number(value):
+                    return DataError(
+                        f"{f} line {line}, column {name!r}: {value!r} is not a number; fix it "
+                        "or leave that column out with --features."
+                    )
+            return DataError(
+                f"{f}, column {name!r}: {m.group(2)!r} is not a number; fix it or leave that "
+                "column out with --features."
+            )
+        return DataError(f"{f} could not be read as CSV: {text}")
+
+    def _csv_header(self) -> list[str]:
+        """The CSV's column names as Python's csv module reads them (error paths)."""
+        import csv
+
+        with self._open_text() as fh:
+            return next(csv.reader(fh, delimiter=self.sep or ","), [])
+
+    def _to_numpy(self, rb: Any, first_row: int, missing: str, file: Path, local: int) -> Batch:
+        """``first_row``: global index of the batch's first row; ``local``: its index in ``file``."""
         cols = self.features + self.targets
         n = rb.num_rows
         Z = _batch_matrix(rb, cols)
@@ -308,51 +588,140 @@ class TableSource:
             if missing != "drop":
                 counts = {cols[j]: int(v) for j, v in enumerate(bad.sum(0)) if v}
                 listing = ", ".join(f"{c!r} ({v})" for c, v in counts.items())
+                i = int(np.flatnonzero(bad.any(1))[0])
+                j = int(np.flatnonzero(bad[i])[0])
                 raise DataError(
-                    f"Missing or infinite values in column(s) {listing} in rows "
-                    f"{first_row}..{first_row + n - 1}; fix them or use --missing drop."
+                    f"Missing or infinite values in column(s) {listing} among {n} rows read; "
+                    f"the first is in column {cols[j]!r} at {self._where(file, local + i)}; fix "
+                    "them or use --missing drop."
                 )
             keep = ~bad.any(1)
             Z, rows = Z[keep], rows[keep]
         return Batch(Z, rows, len(self.features))
 
     def batches(self, missing: str = "error", epoch_seed: int | None = None) -> Iterator[Batch]:
-        """This rank's batches; with ``epoch_seed`` the row groups come in a shuffled order."""
+        """This rank's batches; with ``epoch_seed`` the units of row groups come shuffled."""
         rank, world = _rank_world()
-        cols = self.features + self.targets
         if self.kind == "parquet":
-            import pyarrow.parquet as pq
-
-            units = self.units[rank::world]
-            if epoch_seed is not None:
-                order = np.random.default_rng(epoch_seed).permutation(len(units))
-                units = [units[i] for i in order]
-            handles: dict[Path, Any] = {}
-            for f, g, start in units:
-                pf = handles.setdefault(f, pq.ParquetFile(f))
-                offset = start
-                for rb in pf.iter_batches(
-                    batch_size=self.batch_rows, row_groups=[g], columns=cols, use_threads=True
-                ):
-                    yield self._to_numpy(rb, offset, missing)
-                    offset += rb.num_rows
+            yield from self._parquet_batches(rank, world, missing, epoch_seed)
             return
         import pyarrow as pa
 
+        cols = self.features + self.targets
         # a fixed block size: every rank must cut the file into the same blocks, so that the
         # round robin below partitions the rows
-        reader = self._csv_reader(CSV_BLOCK_BYTES, cols)
         offset = 0
         try:
+            reader = self._csv_reader(CSV_BLOCK_BYTES, cols)
             for i, rb in enumerate(reader):
                 if i % world == rank:
-                    yield self._to_numpy(rb.select(cols), offset, missing)
+                    yield self._to_numpy(rb.select(cols), offset, missing, self.files[0], offset)
                 offset += rb.num_rows
-        except pa.ArrowInvalid as exc:
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            raise self._bad_csv_value(exc, offset) from exc
+
+    def _parquet_batches(
+        self, rank: int, world: int, missing: str, epoch_seed: int | None
+    ) -> Iterator[Batch]:
+        import pyarrow.parquet as pq
+
+        cols = self.features + self.targets
+        units = self._work_units(world)[rank::world]
+        if epoch_seed is not None:
+            order = np.random.default_rng(epoch_seed).permutation(len(units))
+            units = [units[i] for i in order]
+        pf, opened = None, None
+        try:
+            for f, groups, start in units:
+                try:
+                    if opened != f:
+                        if pf is not None:
+                            pf.close()
+                        pf, opened = pq.ParquetFile(f), f
+                    assert pf is not None
+                    offset = start
+                    # one decoding thread: pyarrow's pool held more memory, and a varying amount
+                    # (measured); the prefetch thread already overlaps reading with the fit
+                    for rb in pf.iter_batches(
+                        batch_size=self.batch_rows,
+                        row_groups=groups,
+                        columns=cols,
+                        use_threads=False,
+                    ):
+                        local = offset - self._file_start[f]
+                        yield self._to_numpy(rb, offset, missing, f, local)
+                        offset += rb.num_rows
+                except DataError:
+                    raise
+                except (OSError, ValueError, KeyError) as exc:  # a file changed or truncated
+                    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                    raise DataError(f"{f}: not readable as Parquet ({msg}).") from exc
+        finally:
+            if pf is not None:
+                pf.close()
+
+
+def _data_columns(schema: Any) -> tuple[list[str], dict[str, Any]]:
+    """Column names and types of a Parquet schema, without pandas' index columns."""
+    import json
+
+    index: set[str] = set()
+    meta = schema.metadata or {}
+    if b"pandas" in meta:
+        try:
+            info = json.loads(meta[b"pandas"])
+            index = {c for c in info.get("index_columns", []) if isinstance(c, str)}
+        except (ValueError, TypeError, AttributeError):
+            index = set()
+    names = [n for n in schema.names if n not in index]
+    types: dict[str, Any] = {}
+    for i, n in enumerate(schema.names):
+        if n not in index:
+            types.setdefault(n, schema.field(i).type)
+    return names, types
+
+
+def _kind(t: Any) -> str:
+    import pyarrow.types as pat
+
+    numeric = pat.is_integer(t) or pat.is_floating(t) or pat.is_boolean(t) or pat.is_null(t)
+    return "numeric" if numeric else str(t)
+
+
+def _same_columns(
+    f: Path,
+    cols: list[str],
+    types: dict[str, Any],
+    first: Path,
+    names: list[str],
+    first_types: dict[str, Any],
+) -> None:
+    """One-line errors for a file whose columns differ from the folder's first file."""
+    missing = [c for c in names if c not in types]
+    if missing:
+        raise DataError(f"{f} lacks column {missing[0]!r}, which {first.name} has.")
+    extra = [c for c in cols if c not in first_types]
+    if extra:
+        raise DataError(f"{f} has column {extra[0]!r}, which {first.name} lacks.")
+    for c in names:
+        a, b = _kind(first_types[c]), _kind(types[c])
+        if a != b and "null" not in (str(first_types[c]), str(types[c])):
             raise DataError(
-                f"{self.path}: a used column holds a value that is not a number ({exc}); fix it "
-                "or leave that column out with --features."
-            ) from exc
+                f"{f}: column {c!r} is {types[c]} there but {first_types[c]} in {first.name}."
+            )
+
+
+def _not_a_number(value: str) -> bool:
+    """Whether pyarrow's CSV reader would refuse ``value`` as a float64 (or a null)."""
+    import pyarrow.csv as pcsv
+
+    if value in pcsv.ConvertOptions().null_values:
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return True
+    return "_" in value  # Python reads 1_000, pyarrow does not
 
 
 @dataclass
@@ -360,18 +729,26 @@ class MomentState:
     """Mergeable moments of ``Z = [X, y]``: count, mean and centred cross-products.
 
     ``update`` with batches, ``merge`` states from other ranks (Chan et al.'s parallel
-    formula), then read the centred Gram, ``X'y`` and ``y'y`` for the solvers.
+    formula), then read the centred Gram, ``X'y`` and ``y'y`` for the solvers. Columns are
+    held multiplied by powers of two (``scale``, exact), chosen from the largest ``|value|``
+    seen, so magnitudes from 1e-300 to 1e300 neither overflow nor underflow: ``mean`` and
+    ``C`` are in those scaled units.
     """
 
     n: float = 0.0
-    mean: torch.Tensor | None = None  # (m,)
-    C: torch.Tensor | None = None  # (m, m)
+    mean: torch.Tensor | None = None  # (m,) of Z * scale
+    C: torch.Tensor | None = None  # (m, m) of Z * scale
+    scale: torch.Tensor | None = None  # (m,) powers of two
 
     def update(self, Z: torch.Tensor) -> None:
         """Add a batch ``(rows, m)`` in float64."""
         if Z.shape[0] == 0:
             return
         n = float(Z.shape[0])
+        top = Z.abs().amax(0)
+        _, e = torch.frexp(torch.where(top > 0, top, torch.ones_like(top)))
+        s = torch.ldexp(torch.ones_like(top), -e)
+        Z = Z * s  # exact
         mb = Z.mean(0)
         # raw Gram minus the mean's share: no centred copy of the batch; where a column's
         # mean dwarfs its spread that subtraction would cancel digits, so centre instead
@@ -380,33 +757,46 @@ class MomentState:
         if bool((n * mb.square() > CANCELLATION_RATIO * spread.clamp_min(1e-300)).any()):
             Zc = Z - mb
             C = Zc.mT @ Zc
-        self.merge(MomentState(n, mb, C))
+        self.merge(MomentState(n, mb, C, s))
+
+    def _at(self, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, C)`` expressed with the (smaller, power-of-two) ``scale``."""
+        assert self.mean is not None and self.C is not None and self.scale is not None
+        r = scale / self.scale  # powers of two <= 1: exact
+        return self.mean * r, self.C * torch.outer(r, r)
 
     def merge(self, other: MomentState) -> None:
         """Fold ``other`` into this state."""
-        if other.n == 0 or other.mean is None or other.C is None:
+        if other.n == 0 or other.mean is None or other.C is None or other.scale is None:
             return
-        if self.n == 0 or self.mean is None or self.C is None:
+        if self.n == 0 or self.mean is None or self.C is None or self.scale is None:
             self.n, self.mean, self.C = other.n, other.mean.clone(), other.C.clone()
+            self.scale = other.scale.clone()
             return
+        scale = torch.minimum(self.scale, other.scale)
+        (m1, C1), (m2, C2) = self._at(scale), other._at(scale)
         n = self.n + other.n
-        delta = other.mean - self.mean
-        self.C = self.C + other.C + torch.outer(delta, delta) * (self.n * other.n / n)
-        self.mean = self.mean + delta * (other.n / n)
+        delta = m2 - m1
+        self.C = C1 + C2 + torch.outer(delta, delta) * (self.n * other.n / n)
+        self.mean = m1 + delta * (other.n / n)
+        self.scale = scale
         self.n = n
 
     def to_tensor(self, m: int) -> torch.Tensor:
-        """Flat ``[n, mean, C]`` for collective communication."""
-        if self.mean is None or self.C is None:
-            return torch.zeros(1 + m + m * m, dtype=torch.float64)
-        return torch.cat([torch.tensor([self.n], dtype=torch.float64), self.mean, self.C.flatten()])
+        """Flat ``[n, scale, mean, C]`` for collective communication."""
+        if self.mean is None or self.C is None or self.scale is None:
+            return torch.zeros(1 + 2 * m + m * m, dtype=torch.float64)
+        head = torch.tensor([self.n], dtype=torch.float64)
+        return torch.cat([head, self.scale, self.mean, self.C.flatten()])
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor, m: int) -> MomentState:
         n = float(t[0])
         if n == 0:
             return cls()
-        return cls(n, t[1 : 1 + m].clone(), t[1 + m :].reshape(m, m).clone())
+        scale = t[1 : 1 + m].clone()
+        mean = t[1 + m : 1 + 2 * m].clone()
+        return cls(n, mean, t[1 + 2 * m :].reshape(m, m).clone(), scale)
 
     def all_reduce(self, m: int) -> MomentState:
         """Merge every rank's state, in rank order (the same result on every rank)."""
@@ -539,24 +929,70 @@ def _tsqr(
     missing: str,
     mean: torch.Tensor,
     m: int,
-) -> torch.Tensor:
-    """R factor (m, m) of the centred ``[X, y]``: per-batch QR, stacked; merged over ranks."""
+    scale: torch.Tensor | None = None,
+    dd_scale: np.ndarray | None = None,
+    dd_shift: np.ndarray | None = None,
+) -> tuple[torch.Tensor, Any]:
+    """R factor (m, m) of the centred ``[X, y] * scale``: per-batch QR, stacked; merged over ranks.
+
+    ``mean`` is in the units of ``Z * scale``. With ``dd_scale``, the same pass also
+    accumulates the double-double moments of ``Z`` about ``dd_shift`` (returned second,
+    else None), for :func:`regtorch.solvers.solve_from_moments`.
+    """
     import torch.distributed as dist
 
+    from regtorch import _doubledouble as ddm
+
+    s = torch.ones(m, dtype=torch.float64) if scale is None else scale
     R = torch.zeros(0, m, dtype=torch.float64)
+    mom = None
     with _num_threads(1):
         for b in _prefetch(source.batches(missing)):
             Z = b.Z if keep is None else b.Z[keep(b.rows)]
             if len(Z):
-                stacked = torch.cat([R, torch.from_numpy(np.ascontiguousarray(Z)) - mean])
-                R = torch.linalg.qr(stacked, mode="r")[1]
+                Zt = torch.from_numpy(np.ascontiguousarray(Z)) * s - mean
+                R = torch.linalg.qr(torch.cat([R, Zt]), mode="r")[1]
+                if dd_scale is not None and dd_shift is not None:
+                    part = ddm.dd_moments(np.asarray(Z, dtype=np.float64), None, dd_shift, dd_scale)
+                    mom = part if mom is None else mom.merge(part)
     if len(R) < m:  # fewer rows than columns on this rank: pad to a square factor
         R = torch.cat([R, torch.zeros(m - len(R), m, dtype=torch.float64)])
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         parts = [torch.empty_like(R) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, R.contiguous())
         R = torch.linalg.qr(torch.cat(parts), mode="r")[1]
-    return R
+        if dd_scale is not None and dd_shift is not None:
+            mom = _all_gather_dd(mom, m, dd_shift, dd_scale)
+    return R, mom
+
+
+def _all_gather_dd(mom: Any, m: int, shift: np.ndarray, scale: np.ndarray) -> Any:
+    """Merge every rank's double-double moments in rank order."""
+    import torch.distributed as dist
+
+    from regtorch import _doubledouble as ddm
+
+    size = 2 + 2 * m + 2 * m * m
+    if mom is None:
+        mine = torch.zeros(size, dtype=torch.float64)
+    else:
+        flat = [np.atleast_1d(mom.w[0]), np.atleast_1d(mom.w[1]), *mom.s1, mom.s2[0].ravel()]
+        mine = torch.from_numpy(np.concatenate([*flat, mom.s2[1].ravel()]))
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, mine)
+    total = None
+    for t in parts:
+        a = t.numpy()
+        mm = m * m
+        part = ddm.DDMoments(
+            shift,
+            scale,
+            (a[0:1].reshape(()), a[1:2].reshape(())),
+            (a[2 : 2 + m], a[2 + m : 2 + 2 * m]),
+            (a[2 + 2 * m : 2 + 2 * m + mm].reshape(m, m), a[2 + 2 * m + mm :].reshape(m, m)),
+        )
+        total = part if total is None else total.merge(part)
+    return total
 
 
 def _solve_from_r(
@@ -564,8 +1000,9 @@ def _solve_from_r(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Coefficients, sse and the X factor from the R of ``[Xc, yc]``; None if singular."""
     Rxx, rxy, Ryy = R[:p, :p], R[:p, p:], R[p:, p:]
-    d = Rxx.diagonal().abs()
-    if p and float(d.min()) <= float(d.max()) * p * 1e-14:
+    # each pivot relative to its column's norm (the centred column norm): scale-free
+    norms = torch.linalg.vector_norm(Rxx, dim=0)
+    if p and not bool((Rxx.diagonal().abs() > norms * p * 1e-14).all()):
         return None
     if alpha > 0:
         aug = torch.cat([Rxx, math.sqrt(alpha) * torch.eye(p, dtype=R.dtype)])
@@ -593,9 +1030,20 @@ def stream_fit_linear(
     needed). In a process group every rank reads its share and the states are merged in
     rank order. Returns timing and row counts; the estimator is fitted in place and supports
     ``summary()`` like an in-memory fit.
+
+    A second pass runs when one pass cannot be trusted: an ill-conditioned or rank-deficient
+    Gram, or a fit so good that its sse from the Gram would cancel. It computes a tall-skinny
+    QR and, where affordable (``n * m^2 <= EXTENDED_FLOPS``), double-double moments: the
+    statistics then come from those (as in memory), and where the QR's coefficients cannot
+    be trusted either, so do the coefficients, with ``solver_`` and a warning saying so.
     """
     from regtorch.estimators.linear import LinearRegression, Ridge, _info_dict
-    from regtorch.solvers import GramState, RankWarning
+    from regtorch.solvers import (
+        EXTENDED_FLOPS,
+        EXTENDED_MAX_FEATURES,
+        STREAM_REFINE_COND,
+        RankWarning,
+    )
 
     if type(estimator) not in (LinearRegression, Ridge):
         raise ValueError(
@@ -611,30 +1059,27 @@ def stream_fit_linear(
     t0 = time.perf_counter()
     local, seen = _accumulate(source, keep, missing, progress, "streaming fit")
     state = local.all_reduce(m)
-    if state.n < 2 or state.mean is None or state.C is None:
+    if state.n < 2 or state.mean is None or state.C is None or state.scale is None:
         raise DataError(f"{source.path}: fewer than 2 training rows.")
     fit_intercept = bool(estimator.fit_intercept)
-    C, mean = state.C, state.mean
-    if not fit_intercept:  # uncentred moments: add the mean back
-        C = C + state.n * torch.outer(mean, mean)
-        mean = torch.zeros_like(mean)
-    gs = GramState(C[:p, :p], C[:p, p:], C[p:, p:].diagonal().clone(), mean[:p], mean[p:], state.n)
     alpha = float(getattr(estimator, "alpha", 0.0))
+    gs, scale = _stream_gram(state, fit_intercept, alpha, source.features)
     sol = _solve_gram_quietly(gs, alpha)
     coef = sol.coef
     sse = gs.yty - 2 * (coef * gs.Xty).sum(0) + (coef * (gs.G @ coef)).sum(0)
     method = "streaming-cholesky"
-    # the stable path: a second pass, a tall-skinny QR of the centred data, when the Gram
-    # is ill-conditioned or the fit so good that sse from the Gram would cancel
-    if sol.rank == p and (
-        sol.cond is None or sol.cond > STREAM_QR_COND or bool((sse <= 1e-4 * gs.yty).any())
+    cond = math.inf if sol.cond is None else sol.cond
+    affordable = m <= EXTENDED_MAX_FEATURES and state.n * m * m <= EXTENDED_FLOPS
+    ext = refined = None
+    if (
+        sol.rank < p
+        or cond > STREAM_QR_COND
+        or (affordable and cond > STREAM_REFINE_COND)
+        or bool((sse <= 1e-4 * gs.yty).any())
     ):
-        R = _tsqr(source, keep, missing, mean, p + k)
-        qr_sol = _solve_from_r(R, p, alpha)
-        if qr_sol is not None:
-            coef, sse, R_xx = qr_sol
-            sol.R = R_xx if alpha == 0 else None
-            method = "streaming-tsqr"
+        method, coef, sse, ext, refined = _second_pass(
+            source, keep, missing, state, gs, scale, sol, alpha, fit_intercept, affordable
+        )
     if method == "streaming-cholesky" and sol.cond is not None and sol.cond > STREAM_COND_WARN:
         warnings.warn(
             f"The scaled Gram matrix is ill-conditioned (condition number {sol.cond:.2g}).",
@@ -648,15 +1093,29 @@ def stream_fit_linear(
             RankWarning,
             stacklevel=2,
         )
-    xo, yo = gs.X_offset, gs.y_offset
+    sx, sy = scale[:p], scale[p:]
+    xo, yo = gs.X_offset / sx, gs.y_offset / sy
+    sst = gs.yty / sy**2
     estimator.n_features_in_ = p
     estimator.feature_names_in_ = np.asarray(source.features, dtype=object)
-    estimator._set_coef(coef, xo, yo, k == 1)
+    estimator._bse_unit = None
+    if ext is not None and method.startswith("streaming-extended"):
+        estimator._set_coef(ext.coef, xo, yo, k == 1, ext.intercept)
+        sse = torch.as_tensor(ext.sse)
+    elif ext is not None and refined is not None:
+        estimator._set_coef(
+            torch.as_tensor(refined[0]), xo, yo, k == 1, torch.as_tensor(refined[1])
+        )
+        sse = torch.as_tensor(ext.sse)
+    else:
+        estimator._set_coef(coef * sx.unsqueeze(1) / sy.unsqueeze(0), xo, yo, k == 1)
+        sse = sse / sy**2
+    R = None if sol.R is None else sol.R / sx.unsqueeze(0)
+    if ext is not None and alpha == 0:
+        R, estimator._bse_unit = ext.R, ext.bse_unit  # statistics from the dd moments
     estimator.rank_, estimator.solver_, estimator.n_iter_ = sol.rank, method, 1
-    estimator._R = sol.R
-    estimator._fit_info = _info_dict(
-        torch.zeros(int(state.n), 0), None, sse.clamp_min(0), gs.yty, xo
-    )
+    estimator._R = R
+    estimator._fit_info = _info_dict(torch.zeros(int(state.n), 0), None, sse.clamp_min(0), sst, xo)
     estimator.__dict__.pop("history_", None)
     return {
         "rows_read": seen,
@@ -665,6 +1124,99 @@ def stream_fit_linear(
         "cond": sol.cond,
         "batch_rows": source.batch_rows,
     }
+
+
+def _stream_gram(
+    state: MomentState, fit_intercept: bool, alpha: float, names: list[str]
+) -> tuple[Any, torch.Tensor]:
+    """The GramState to solve (columns scaled by ``scale``, returned second)."""
+    from regtorch.solvers import GramState
+
+    assert state.C is not None and state.mean is not None and state.scale is not None
+    C, mean, scale = state.C, state.mean, state.scale
+    if not fit_intercept:  # uncentred moments: add the mean back
+        C = C + state.n * torch.outer(mean, mean)
+        mean = torch.zeros_like(mean)
+    if alpha > 0:
+        # the ridge penalty is not scale-free: solve in the data's own units
+        C, mean = C / torch.outer(scale, scale), mean / scale
+        bad = torch.nonzero(~torch.isfinite(C.diagonal()) | (C.diagonal() > 1e300)).flatten()
+        if bad.numel():
+            j = int(bad[0])
+            col = names[j] if j < len(names) else "the target"
+            raise ValueError(
+                f"Ridge cannot be streamed with column {col!r}: its squares overflow float64 "
+                "(the penalty is not scale-free). Rescale it, or fit in memory."
+            )
+        scale = torch.ones_like(scale)
+    p = len(names)
+    gs = GramState(C[:p, :p], C[:p, p:], C[p:, p:].diagonal().clone(), mean[:p], mean[p:], state.n)
+    return gs, scale
+
+
+def _second_pass(
+    source: TableSource,
+    keep: Callable[[np.ndarray], np.ndarray] | None,
+    missing: str,
+    state: MomentState,
+    gs: Any,
+    scale: torch.Tensor,
+    sol: Any,
+    alpha: float,
+    fit_intercept: bool,
+    affordable: bool,
+) -> tuple[str, torch.Tensor, torch.Tensor, Any, tuple[np.ndarray, np.ndarray] | None]:
+    """TSQR (and dd moments when affordable).
+
+    Returns ``(method, coef, sse, extended solution, refined)``: ``coef`` and ``sse`` in the
+    scaled units of ``gs``; ``refined`` the TSQR's coefficients and intercepts refined with
+    the dd residual (data units), when the dd moments were taken. ``sol`` is updated in
+    place (rank, R of the TSQR).
+    """
+    from regtorch.solvers import (
+        TSQR_TRUST_COND,
+        centre_moments,
+        refine_from_moments,
+        solve_from_moments,
+    )
+
+    assert state.mean is not None and state.scale is not None
+    p = gs.G.shape[0]
+    m = p + gs.Xty.shape[1]
+    mean = torch.cat([gs.X_offset, gs.y_offset])
+    dd_scale = state.scale.numpy() if affordable else None
+    shift = (state.mean / state.scale).numpy() if fit_intercept else np.zeros(m)
+    R, mom = _tsqr(source, keep, missing, mean, m, scale, dd_scale, shift)
+    coef, sse = sol.coef, gs.yty - 2 * (sol.coef * gs.Xty).sum(0)
+    sse = sse + (sol.coef * (gs.G @ sol.coef)).sum(0)
+    method = "streaming-cholesky"
+    qr_sol = _solve_from_r(R, p, alpha)
+    if qr_sol is not None:
+        coef, sse, R_xx = qr_sol
+        sol.R = R_xx if alpha == 0 else None
+        sol.rank = p
+        method = "streaming-tsqr"
+    ext = refined = None
+    if mom is not None:
+        em = centre_moments(mom, fit_intercept, int(state.n), alpha, p)
+        ext = solve_from_moments(em, p, fit_intercept, alpha)
+        ext = ext if ext.rank == p else None
+        if ext is not None and qr_sol is not None and alpha == 0:
+            sx, sy = scale[:p], scale[p:]
+            c = (coef * sx.unsqueeze(1) / sy.unsqueeze(0)).numpy()
+            b, b0, _ = refine_from_moments(em, p, fit_intercept, c, (qr_sol[2] / sx).numpy())
+            refined = (b, b0)
+    cond = math.inf if sol.cond is None else sol.cond
+    if ext is not None and (qr_sol is None or cond > TSQR_TRUST_COND):
+        why = (
+            f"float64 found rank {sol.rank} < {p}"
+            if qr_sol is None
+            else f"scaled Gram condition number {cond:.2g} > {TSQR_TRUST_COND:.0e}"
+        )
+        method = f"streaming-extended (fallback from {method}: {why})"
+        warnings.warn(f"Streamed fit: {method}.", UserWarning, stacklevel=3)
+        sol.rank = p
+    return method, coef, sse, ext, refined
 
 
 def stream_metrics(
@@ -796,6 +1348,12 @@ def stream_fit_mlp(
     rank, world = _rank_world()
     p, k = len(source.features), len(source.targets)
     lo, hi = test_fraction, test_fraction + val_fraction
+    # the first optimizer step loads torch's compiler stack (~75 MiB, measured): load it
+    # before the budget is split, so that it counts as held
+    warm = torch.nn.Parameter(torch.zeros(1))
+    warm.grad = torch.zeros(1)
+    make_optimizer(estimator.solver, [warm], 1e-3).step()
+    spare = source.spare_bytes("to train a network")
 
     def part(rows: np.ndarray) -> np.ndarray:
         return _hash01(rows, seed)
@@ -806,8 +1364,11 @@ def stream_fit_mlp(
     moments = moments.all_reduce(p + k)
     if moments.n < 2 or moments.mean is None or moments.C is None:
         raise DataError(f"{source.path}: fewer than 2 training rows.")
-    mean = moments.mean.numpy()
-    std = np.sqrt(np.maximum(moments.C.diagonal().numpy() / moments.n, 0.0))
+    # the state holds Z times a per-column power of two (exact): back to the data's units
+    scale = getattr(moments, "scale", None)
+    sc = torch.ones_like(moments.mean) if scale is None else scale
+    mean = (moments.mean / sc).numpy()
+    std = np.sqrt(np.maximum((moments.C.diagonal() / sc**2).numpy() / moments.n, 0.0))
     if not estimator.standardize:
         mean, std = np.zeros_like(mean), np.ones_like(std)
     std = np.where(std > 0, std, 1.0)
@@ -825,7 +1386,6 @@ def stream_fit_mlp(
     # validation rows, bounded
     # the validation rows and, later, the shuffle buffer come out of the memory budget too
     row_bytes = 4 * (p + k) * 3
-    spare = max(source.memory_limit - _resident_bytes(), 64 * 2**20)
     max_val_rows = int(min(max_val_rows, spare // 4 // row_bytes))
     val_parts, kept = [], 0
     for b in source.batches(missing):
