@@ -2,18 +2,20 @@
 
 Heavy libraries (torch, scikit-learn, matplotlib, pyarrow) are imported inside the commands,
 so ``regtorch --help`` and argument errors answer at once. Every problem a user can cause
-ends with one line on stderr and exit code 2 (``--debug`` shows the traceback).
+ends with one line on stderr and exit code 2 (``--debug`` shows the traceback); so does a
+failed write to standard output (closed, full). A reader that leaves early
+(``regtorch predict ... --out - | head``) ends the command quietly with exit code 141, the
+shell's code for SIGPIPE, so that ``set -o pipefail`` can tell the output was cut.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 __all__ = ["main"]
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer killed by a closed pipe
 MODEL_FILE = "model.safetensors"
 MODEL_KINDS = ("linear", "ridge", "lasso", "elasticnet", "mlp")
 OUTPUT_TYPES = (".csv", ".parquet", ".pq")
@@ -87,7 +90,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     results = run_demo(out=args.out, progress=not args.json and sys.stderr.isatty())
     if args.json:
-        print(json.dumps(results, indent=2))
+        _write_stdout(_json(results) + "\n")
         return 0
     print(demo_tables(results))
     if args.out:
@@ -150,12 +153,106 @@ def _split(n: int, test_size: float, val_size: float, seed: int) -> tuple[Any, A
     return perm[n_test + n_val :], perm[n_test : n_test + n_val], perm[:n_test]
 
 
-def _metrics(y_true: Any, y_pred: Any) -> dict[str, float | None]:
+def _metrics(y_true: Any, y_pred: Any) -> dict[str, Any]:
+    """R2, MSE, RMSE and MAE, each finite or None beside a ``"<name>_note"`` saying why."""
+    import numpy as np
+
     from regtorch.metrics import regression_report
 
-    res = regression_report(y_true, y_pred, force_finite=False)
-    # R2 of a constant target is undefined: null, not a crash and not a made-up number
-    return {k: (None if not math.isfinite(v) else v) for k, v in res.items()}
+    yt = np.asarray(y_true, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        res = regression_report(y_true, y_pred, force_finite=False)
+        constant = len(yt) > 0 and bool((np.ptp(yt, axis=0) == 0).any())
+    finite = bool(np.isfinite(np.asarray(y_pred, dtype=np.float64)).all())
+    return strict_metrics(res, constant_target=constant, finite_predictions=finite)
+
+
+def strict_metrics(
+    res: dict[str, float], constant_target: bool = False, finite_predictions: bool = True
+) -> dict[str, Any]:
+    """Metrics as strict-JSON values: a NaN or infinity becomes None and a note says why.
+
+    R2 of a constant target is undefined: null, not a crash and not a made-up number.
+    """
+    out: dict[str, Any] = {}
+    for k, v in res.items():
+        if v is not None and math.isfinite(v):
+            out[k] = v
+            continue
+        out[k] = None
+        if not finite_predictions:
+            note = "undefined: non-finite predictions"
+        elif k == "r2" and constant_target:
+            note = "undefined: constant target"
+        elif v is not None and math.isinf(v):
+            note = "overflow"
+        else:
+            note = (
+                "undefined: overflow" if any(math.isinf(x) for x in res.values()) else "undefined"
+            )
+        out[f"{k}_note"] = note
+    return out
+
+
+def _cell(m: dict[str, Any], k: str) -> Any:
+    """A metric for a table: its value, or the note saying why it has none."""
+    return m[k] if m.get(k) is not None else m.get(f"{k}_note")
+
+
+def _json(obj: Any) -> str:
+    """Strict JSON (no NaN or Infinity): non-finite floats become null."""
+
+    def clean(o: Any) -> Any:
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False)
+
+
+def _write_stdout(text: str) -> None:
+    """Write data to standard output; a closed or failing stdout is an error, not a silence."""
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
+        raise UserError("standard output is closed; nothing was written (give --out FILE).")
+    try:
+        try:
+            fd = sys.stdout.fileno()
+        except (OSError, ValueError, AttributeError):  # not a file (captured in tests)
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        # os.write on the descriptor: a buffered writer can drop the tail of a large write
+        # cut short by a closing pipe, and a short write must never pass as a full one
+        sys.stdout.flush()
+        view = memoryview(text.encode(sys.stdout.encoding or "utf-8"))
+        while view:
+            view = view[os.write(fd, view) :]
+    except BrokenPipeError:
+        raise  # the reader left (`| head`): main() ends quietly
+    except (OSError, ValueError) as exc:  # ValueError: a closed file object
+        raise UserError(f"could not write to standard output ({exc}).") from exc
+
+
+def _check_finite_predictions(pred: Any, df: Any, rows: Any, what: str) -> None:
+    """Refuse NaN or infinite predictions, naming where (``rows``: positions in ``df``)."""
+    import numpy as np
+
+    from regtorch.data import where
+
+    bad = ~np.isfinite(np.asarray(pred, dtype=np.float64).reshape(len(rows), -1)).all(axis=1)
+    if not bad.any():
+        return
+    mask = np.zeros(len(df), dtype=bool)
+    mask[np.asarray(rows)[bad]] = True
+    raise UserError(
+        f"{int(bad.sum())} of {len(rows)} predictions are not finite (inf or NaN), at "
+        f"{where(df, mask)}: inputs far outside the training data, or too large for float64? "
+        f"Use --allow-nonfinite to {what} anyway."
+    )
 
 
 def _coef_table(est: Any, names: list[str]) -> tuple[list[str], list[list[Any]]] | None:
@@ -190,7 +287,12 @@ def _coef_table(est: Any, names: list[str]) -> tuple[list[str], list[list[Any]]]
 def _memory_limit(args: argparse.Namespace) -> int:
     from regtorch.streaming import default_memory_limit, parse_memory
 
-    return parse_memory(args.memory_limit) if args.memory_limit else default_memory_limit()
+    if args.memory_limit is None:
+        return default_memory_limit()
+    try:
+        return parse_memory(args.memory_limit)
+    except ValueError as exc:
+        raise UserError(f"--memory-limit: {exc}") from None
 
 
 def _wants_streaming(args: argparse.Namespace) -> bool:
@@ -202,20 +304,30 @@ def _wants_streaming(args: argparse.Namespace) -> bool:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    from regtorch.outputs import claim_output
+
     out = Path(args.out) if args.out else None
-    if out is not None and (out / MODEL_FILE).exists() and not args.force:
-        raise UserError(f"{out / MODEL_FILE} exists; use --force to replace it.")
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder.")
-    if _wants_streaming(args):
-        return _fit_streaming(args, out)
+    # --out is checked and locked before the fit, and stays locked until its swap
+    with claim_output(out, force=args.force, inputs=[args.data]):
+        if _wants_streaming(args):
+            return _fit_streaming(args, out)
+        return _fit_in_memory(args, out)
+
+
+def _fit_in_memory(args: argparse.Namespace, out: Path | None) -> int:
     from regtorch.data import prepare, read_table
 
-    df = read_table(args.data, sep=args.sep)
+    df = read_table(args.data, sep=args.sep, encoding=args.encoding)
     targets = args.target.split(",")
     features = args.features.split(",") if args.features else None
     X, y, encoder, _ = prepare(
-        df, targets, features, args.categorical, args.missing, args.unknown_category
+        df,
+        targets,
+        features,
+        args.categorical,
+        args.missing,
+        args.unknown_category,
+        max_levels=args.max_levels,
     )
     train_idx, val_idx, test_idx = _split(
         len(X), args.test_size, args.val_size if args.model == "mlp" else 0.0, args.seed
@@ -252,7 +364,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         print(
             format_table(
                 ["test metrics", "R2", "MSE", "RMSE", "MAE"],
-                [[k, m["r2"], m["mse"], m["rmse"], m["mae"]] for k, m in metrics.items()],
+                [
+                    [k, *(_cell(m, c) for c in ("r2", "mse", "rmse", "mae"))]
+                    for k, m in metrics.items()
+                ],
             )
         )
     else:
@@ -287,6 +402,11 @@ def _fit_streaming(args: argparse.Namespace, out: Path | None) -> int:
         raise UserError(
             "--categorical onehot needs the whole table in memory; drop the text columns."
         )
+    if codecs.lookup(args.encoding).name != "utf-8":
+        raise UserError(
+            f"--encoding {args.encoding}: the streamed reader reads UTF-8 only; convert the "
+            "file (e.g. iconv -f latin1 -t utf-8) or fit it in memory."
+        )
     from regtorch import distributed
 
     distributed.init_from_env(args.device, timeout_s=args.timeout)
@@ -315,6 +435,7 @@ def _fit_streaming_in_group(args: argparse.Namespace, out: Path | None) -> int:
         args.features.split(",") if args.features else None,
         memory_limit=_memory_limit(args),
         sep=args.sep,
+        encoding=getattr(args, "encoding", "utf-8"),
     )
     est = _estimator(args)
     fit_stream: Any
@@ -351,12 +472,12 @@ def _fit_streaming_in_group(args: argparse.Namespace, out: Path | None) -> int:
         f"batches of {info['batch_rows']} rows) on {args.data}: {info['rows_fit']} train "
         f"rows, {rate:,.0f} rows/s; held-out test share {args.test_size:g}"
     )
-    m = {"model": {k: (None if not math.isfinite(v) else v) for k, v in metrics.items()}}
+    m = {"model": strict_metrics(metrics)}
     if metrics:
         print(
             format_table(
                 ["test metrics", "R2", "MSE", "RMSE", "MAE"],
-                [[k, v["r2"], v["mse"], v["rmse"], v["mae"]] for k, v in m.items()],
+                [[k, *(_cell(v, c) for c in ("r2", "mse", "rmse", "mae"))] for k, v in m.items()],
             )
         )
     else:
@@ -397,67 +518,96 @@ def _write_outputs(
     coef: tuple[list[str], list[list[Any]]] | None,
     args: argparse.Namespace,
 ) -> None:
-    """Render everything into a staging folder, then move the files into ``out``."""
+    """Render everything into a staging folder beside ``out``, then swap it in at once.
+
+    An interrupted fit (Ctrl-C) never replaces an earlier model without --save-interrupted;
+    either way it ends in ``InterruptedFit`` (exit code 130), saying what was written.
+    """
+    from regtorch.outputs import InterruptedFit, write_folder
+
+    history: Any = getattr(est, "history_", None)
+    interrupted = bool(getattr(history, "interrupted", False))
+    if interrupted:
+        record = {**record, "interrupted": True}
+        epochs = f"{len(history)} complete epoch{'s' if len(history) != 1 else ''}"
+        if (out / MODEL_FILE).exists() and not getattr(args, "save_interrupted", False):
+            raise InterruptedFit(
+                f"the fit stopped after {epochs}; {out}/ keeps its earlier model (rerun with "
+                "--save-interrupted to replace it with the interrupted one)"
+            )
+
+    def build(stage: Path) -> None:
+        _render_outputs(stage, est, encoder, targets, record, y_test, pred, coef, args)
+
+    write_folder(out, build, force=args.force, inputs=[args.data])
+    if interrupted:
+        raise InterruptedFit(
+            f"the fit stopped after {epochs}; its model (the weights of epoch "
+            f"{est.best_epoch_}) was written to {out}/, marked interrupted in metrics.json"
+        )
+
+
+def _render_outputs(
+    stage: Path,
+    est: Any,
+    encoder: Any,
+    targets: list[str],
+    record: dict[str, Any],
+    y_test: Any,
+    pred: Any,
+    coef: tuple[list[str], list[list[Any]]] | None,
+    args: argparse.Namespace,
+) -> None:
+    """Write the model, metrics.json, the plots and report.html into the empty ``stage``."""
     import regtorch
     from regtorch import plotting
     from regtorch.report import render_report
 
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".regtorch-", dir=out))
-    try:
-        regtorch.save(
-            est,
-            stage / MODEL_FILE,
-            extra={
-                "encoder": encoder.to_dict(),
-                "target": targets,
-                "metrics": record["metrics"],
-            },
+    regtorch.save(
+        est,
+        stage / MODEL_FILE,
+        extra={"encoder": encoder.to_dict(), "target": targets, "metrics": record["metrics"]},
+    )
+    (stage / "metrics.json").write_text(_json(record) + "\n")
+    images = []
+    if len(getattr(est, "history_", ())):  # none without training, or Ctrl-C in epoch 1
+        images.append(
+            (plotting.plot_loss_curves(est.history_, stage / "loss_curves.png"), "loss curves")
         )
-        (stage / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
-        images = []
-        if hasattr(est, "history_"):
-            images.append(
-                (plotting.plot_loss_curves(est.history_, stage / "loss_curves.png"), "loss curves")
+    if len(y_test):  # no held-out rows (a streamed fit with --test-size 0): no plots
+        images.append(
+            (
+                plotting.plot_predicted_vs_true(
+                    y_test, pred, stage / "pred_vs_true.png", title="Predicted vs true (test)"
+                ),
+                "predicted versus true",
             )
-        if len(y_test):  # no held-out rows (a streamed fit with --test-size 0): no plots
-            images.append(
-                (
-                    plotting.plot_predicted_vs_true(
-                        y_test, pred, stage / "pred_vs_true.png", title="Predicted vs true (test)"
-                    ),
-                    "predicted versus true",
-                )
-            )
-            images.append(
-                (
-                    plotting.plot_residuals(
-                        y_test, pred, stage / "residuals.png", title="Residuals (test)"
-                    ),
-                    "residuals",
-                )
-            )
-        info = [
-            ("model", record["model"]),
-            ("data", args.data),
-            ("target", ", ".join(targets)),
-            ("features", ", ".join(encoder.output_names)),
-            ("rows train / validation / test", " / ".join(map(str, record["rows"].values()))),
-            ("seed", args.seed),
-        ]
-        page = render_report(
-            f"regtorch fit: {record['model']}",
-            info,
-            record["metrics"],
-            coef[0] if coef else None,
-            coef[1] if coef else None,
-            images,
         )
-        (stage / "report.html").write_text(page, encoding="utf-8")
-        for f in sorted(stage.iterdir()):
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        images.append(
+            (
+                plotting.plot_residuals(
+                    y_test, pred, stage / "residuals.png", title="Residuals (test)"
+                ),
+                "residuals",
+            )
+        )
+    info = [
+        ("model", record["model"]),
+        ("data", args.data),
+        ("target", ", ".join(targets)),
+        ("features", ", ".join(encoder.output_names)),
+        ("rows train / validation / test", " / ".join(map(str, record["rows"].values()))),
+        ("seed", args.seed),
+    ]
+    page = render_report(
+        f"regtorch fit: {record['model']}",
+        info,
+        record["metrics"],
+        coef[0] if coef else None,
+        coef[1] if coef else None,
+        images,
+    )
+    (stage / "report.html").write_text(page, encoding="utf-8")
 
 
 # ---------------------------------------------------------------- predict / evaluate / summary
@@ -497,16 +647,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     enc = _encoder(est)
     if args.unknown_category:
         enc.unknown = args.unknown_category
-    df = read_table(args.data, sep=args.sep)
+    # a category column is text whatever it looks like now: "1" stays "1", not 1.0
+    df = read_table(args.data, sep=args.sep, encoding=args.encoding, text_columns=enc.categories)
+    import numpy as np
     import pandas as pd
 
     X = pd.DataFrame(enc.transform(df), columns=enc.output_names)
     pred = est.predict(X)
+    if not args.allow_nonfinite:
+        _check_finite_predictions(pred, df, np.arange(len(df)), "write them")
     targets = est.model_extra_.get("target") or ["y"]
     cols = [f"{t}_pred" for t in targets] if pred.ndim == 2 else [f"{targets[0]}_pred"]
     table = pd.DataFrame(pred.reshape(len(X), -1), columns=cols)
     if dest == "-":
-        table.to_csv(sys.stdout, index=False)
+        _write_stdout(table.to_csv(index=False))
         return 0
     import io as _io
 
@@ -530,20 +684,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     targets = args.target.split(",") if args.target else est.model_extra_.get("target")
     if not targets:
         raise UserError("Give the target column with --target.")
-    df = read_table(args.data, sep=args.sep)
-    X, y, _, _ = prepare(df, targets, missing=args.missing, encoder=enc)
+    df = read_table(args.data, sep=args.sep, encoding=args.encoding, text_columns=enc.categories)
+    X, y, _, kept = prepare(df, targets, missing=args.missing, encoder=enc)
+    import numpy as np
     import pandas as pd
 
     pred = est.predict(pd.DataFrame(X, columns=enc.output_names))
+    if not args.allow_nonfinite:
+        _check_finite_predictions(pred, df, np.flatnonzero(kept), "compute the metrics")
     m = _metrics(y[:, 0] if y.shape[1] == 1 else y, pred)
     if args.json:
-        print(json.dumps(m, indent=2))
+        _write_stdout(_json(m) + "\n")
     else:
-        print(
-            format_table(
-                ["metric", "value"], [[k.upper() if k != "r2" else "R2", v] for k, v in m.items()]
-            )
-        )
+        rows = [[k.upper() if k != "r2" else "R2", _cell(m, k)] for k in m if "_note" not in k]
+        _write_stdout(format_table(["metric", "value"], rows) + "\n")
     return 0
 
 
@@ -574,6 +728,9 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         f"MLP {est.n_features_in_} -> {' -> '.join(map(str, est.module_.hidden_layer_sizes))} "
         f"-> {est._n_outputs}, activation {est.module_.activation}, {n_params} parameters"
     )
+    if len(h) == 0:
+        print("interrupted before the first epoch completed: the weights are the initial ones")
+        return 0
     print(f"trained {len(h)} epochs (solver {est.solver}); weights of epoch {est.best_epoch_}")
     rows = [
         [e + 1, h.train_loss[e], h.val_loss[e] if h.val_loss else None, h.lr[e]]
@@ -602,6 +759,20 @@ def _batch_size(text: str) -> str:
     if text != "full" and not (text.isdigit() and int(text) > 0):
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}")
     return text
+
+
+def _encoding(text: str) -> str:
+    try:
+        codecs.lookup(text)
+    except LookupError:
+        raise argparse.ArgumentTypeError(f"unknown text encoding {text!r}") from None
+    return text
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def _seed(text: str) -> int:
@@ -638,6 +809,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def data_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("--sep", help="CSV delimiter (default: sniffed)")
+        p.add_argument(
+            "--encoding",
+            type=_encoding,
+            default="utf-8",
+            help="text encoding of a CSV file, e.g. latin-1 (default utf-8; UTF-16 with a "
+            "byte-order mark is recognised)",
+        )
         p.add_argument(
             "--debug",
             action="store_true",
@@ -683,6 +861,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="at predict time, an unseen category: an error or all zeros",
     )
     fit.add_argument(
+        "--max-levels",
+        type=_positive_int,
+        default=1000,
+        help="most distinct values a one-hot column may have (default 1000); the encoded "
+        "table must also fit in a quarter of the available memory "
+        "(the environment variable REGTORCH_MAX_DESIGN_BYTES sets that limit in bytes)",
+    )
+    fit.add_argument(
         "--missing",
         choices=("error", "drop"),
         default="error",
@@ -698,7 +884,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--memory-limit",
         metavar="SIZE",
-        help="memory budget that sizes the batches, e.g. 2GB (default: RAM / 4)",
+        help="memory budget of the whole streaming process (Python, torch and the batches), "
+        "e.g. 2GB (default: RAM / 4); a budget below what the process needs is refused, "
+        "naming the minimum",
     )
     fit.add_argument(
         "--timeout",
@@ -708,6 +896,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--out", metavar="DIR", help="write the model, metrics, plots and report.html")
     fit.add_argument("--force", action="store_true", help="replace an existing model in DIR")
+    fit.add_argument(
+        "--save-interrupted",
+        action="store_true",
+        help="if Ctrl-C stops an MLP fit, still replace DIR's model with the interrupted one",
+    )
     data_opts(fit)
     fit.set_defaults(func=_cmd_fit)
 
@@ -715,7 +908,16 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("model", help="model file (or the folder `fit --out` wrote)")
     pred.add_argument("data", help="CSV, Parquet, .npy or .npz file")
     pred.add_argument(
-        "--out", required=True, metavar="FILE", help=".csv, .parquet, or - for stdout"
+        "--out",
+        required=True,
+        metavar="FILE",
+        help=".csv, .parquet, or - for stdout (a reader that leaves early, as `| head` does, "
+        "ends the command quietly with exit code 141; a closed stdout is an error)",
+    )
+    pred.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="write inf/NaN predictions instead of stopping with an error naming their rows",
     )
     pred.add_argument("--force", action="store_true", help="replace an existing FILE")
     pred.add_argument(
@@ -732,6 +934,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--target", help="target column (default: the model's)")
     ev.add_argument("--missing", choices=("error", "drop"), default="error")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="compute metrics (null, with a note) even if some predictions are inf/NaN",
+    )
     data_opts(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
@@ -755,6 +962,8 @@ def _one_line_warning(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``regtorch`` command."""
+    from regtorch.outputs import InterruptedFit
+
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _one_line_warning
@@ -763,9 +972,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("regtorch: interrupted", file=sys.stderr)
         return 130
+    except InterruptedFit as exc:  # Ctrl-C stopped the training loop, which kept its weights
+        print(f"regtorch: interrupted: {exc}", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `regtorch predict ... --out - | head`: the reader left
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
-        return 0
+        # quietly, with the shell's code for SIGPIPE, so `set -o pipefail` sees the cut;
+        # stdout now points at /dev/null so that the flush at exit cannot fail again
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         if args.debug:
             raise

@@ -1,132 +1,38 @@
-"""Tabular data: read CSV, Parquet and NumPy files, and turn a table into (X, y).
+"""Turn a table into checked float64 (X, y): targets, features, missing values, categories.
 
-Every problem a user can cause raises :class:`DataError` (a ``ValueError``) with one line
-that names the problem and what to do.
+Files are read by :mod:`regtorch.readers`. Every problem a user can cause raises
+:class:`DataError` (a ``ValueError``) with one line that names the problem, the place (file,
+column, line) and what to do.
 """
 
 from __future__ import annotations
 
-import csv
-import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DataError", "Encoder", "SUPPORTED", "prepare", "read_table"]
+from regtorch.readers import (
+    DESIGN_MEMORY_SHARE,
+    LIMIT_ENV,
+    SUPPORTED,
+    DataError,
+    _check_unique,  # noqa: F401 - streaming imports it from here
+    _human,
+    design_limit,
+    read_table,
+    where,
+)
 
-SUPPORTED = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".npy", ".npz")
+__all__ = ["DataError", "Encoder", "SUPPORTED", "design_limit", "prepare", "read_table", "where"]
 
-
-class DataError(ValueError):
-    """A data problem the user can fix."""
-
-
-def read_table(path: str | os.PathLike[str], sep: str | None = None) -> Any:
-    """Read a table into a pandas DataFrame.
-
-    CSV (delimiter sniffed unless ``sep`` is given), Parquet (``.parquet``/``.pq``), and NumPy
-    ``.npy`` (a 2-D array; columns ``x0, x1, ...``) or ``.npz`` (one 1-D array per column, or a
-    single 2-D array).
-    """
-    import pandas as pd
-
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file.")
-    if p.is_dir():
-        raise DataError(f"{p} is a folder; give a CSV, Parquet or NumPy file.")
-    ext = p.suffix.lower()
-    if ext not in SUPPORTED:
-        raise DataError(
-            f"{p}: unknown file type {ext or '(none)'!r}; use one of {', '.join(SUPPORTED)}."
-        )
-    if p.stat().st_size == 0:
-        raise DataError(f"{p} is empty.")
-    if ext in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(p)
-        except Exception as exc:  # pyarrow raises several types for a bad file
-            raise DataError(f"{p} is not a readable Parquet file ({exc}).") from exc
-        _check_unique(list(table.column_names), p)
-        df = table.to_pandas()
-    elif ext in (".npy", ".npz"):
-        df = _read_numpy(p, pd)
-    else:
-        df = _read_csv(p, sep, pd)
-    if len(df.columns) == 0:
-        raise DataError(f"{p} has no columns.")
-    if len(df) == 0:
-        raise DataError(f"{p} has a header but no data rows.")
-    return df
-
-
-def _check_unique(names: list[str], p: Path) -> None:
-    seen, dup = set(), []
-    for n in names:
-        if n in seen and n not in dup:
-            dup.append(n)
-        seen.add(n)
-    if dup:
-        raise DataError(f"{p} has duplicate column names: {', '.join(map(str, dup))}; rename them.")
-
-
-def _read_csv(p: Path, sep: str | None, pd: Any) -> Any:
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
-    with p.open("r", newline="", encoding="utf-8", errors="replace") as fh:
-        head = fh.read(65536)
-    if not head.strip():
-        raise DataError(f"{p} is empty.")
-    if sep is None:
-        try:
-            sep = csv.Sniffer().sniff(head, delimiters=",;\t|").delimiter
-        except csv.Error:
-            sep = "\t" if p.suffix.lower() == ".tsv" else ","
-    header = next(csv.reader([head.splitlines()[0]], delimiter=sep))
-    _check_unique([h.strip() for h in header], p)
-    try:
-        table = pcsv.read_csv(
-            p,
-            parse_options=pcsv.ParseOptions(delimiter=sep),
-            convert_options=pcsv.ConvertOptions(strings_can_be_null=True),
-        )
-    except pa.ArrowInvalid as exc:
-        if "Empty CSV file" in str(exc):
-            raise DataError(f"{p} is empty.") from exc
-        raise DataError(f"{p} could not be parsed as CSV with delimiter {sep!r}: {exc}") from exc
-    return table.to_pandas()
-
-
-def _read_numpy(p: Path, pd: Any) -> Any:
-    try:
-        obj = np.load(p, allow_pickle=False)  # never unpickle user files
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DataError(f"{p}: object arrays are not supported (they need pickle).") from exc
-        raise DataError(f"{p} is not a readable NumPy file ({exc}).") from exc
-    except Exception as exc:
-        raise DataError(f"{p} is not a readable NumPy file ({exc}).") from exc
-    if isinstance(obj, np.ndarray):
-        arr = obj.reshape(-1, 1) if obj.ndim == 1 else obj
-        if arr.ndim != 2:
-            raise DataError(f"{p} holds a {obj.ndim}-D array; a table needs 2-D.")
-        return pd.DataFrame(arr, columns=[f"x{i}" for i in range(arr.shape[1])])
-    with obj:
-        arrays = {k: obj[k] for k in obj.files}
-    if len(arrays) == 1 and next(iter(arrays.values())).ndim == 2:
-        arr = next(iter(arrays.values()))
-        return pd.DataFrame(arr, columns=[f"x{i}" for i in range(arr.shape[1])])
-    if any(np.ndim(v) != 1 for v in arrays.values()) or len({len(v) for v in arrays.values()}) > 1:
-        raise DataError(
-            f"{p}: an .npz table needs 1-D arrays of equal length (one per column); "
-            f"got shapes { {k: np.shape(v) for k, v in arrays.items()} }."
-        )
-    return pd.DataFrame(arrays)
+# a categorical column with more distinct values than this is probably an identifier
+MAX_LEVELS = 1000
+# a text column whose values are numbers at least this often, with more distinct numbers than
+# NUMERIC_MIN_DISTINCT, is a numeric column with typos, not a category
+NUMERIC_SHARE = 0.9
+NUMERIC_MIN_DISTINCT = 20
 
 
 @dataclass
@@ -153,40 +59,55 @@ class Encoder:
                 out.append(col)
         return out
 
-    def transform(self, df: Any) -> np.ndarray:
-        """Encode ``df`` (which must hold every input column) into a float64 matrix."""
-        missing = [c for c in self.features if c not in df.columns]
-        if missing:
+    def transform(self, df: Any, max_bytes: int | None = None) -> np.ndarray:
+        """Encode ``df`` (which must hold every input column) into a float64 matrix.
+
+        Missing values (blank text included), infinite numbers and, unless ``unknown`` is
+        "ignore", unseen categories are errors naming the column and the rows. A design
+        larger than ``max_bytes`` (default :func:`design_limit`) is refused before it is built.
+        """
+        import pandas as pd
+
+        absent = [c for c in self.features if c not in df.columns]
+        if absent:
             raise DataError(
-                f"The data lack column(s) the model needs: {', '.join(map(str, missing))}."
+                f"The data lack column(s) the model needs: {', '.join(map(str, absent))}."
             )
-        blocks = []
+        names = self.output_names
+        check_design_size(len(df), len(names), self.categories, max_bytes)
+        old = [c for c, cats in self.categories.items() if "" in cats]  # blank was a level
+        bad = missing_masks(df, [c for c in self.features if c not in old], self.categories)
+        if bad:
+            raise DataError(
+                missing_message(
+                    df, bad, "fix them (fit and evaluate can drop those rows with --missing drop)"
+                )
+            )
+        X = np.zeros((len(df), len(names)))  # (n_samples, n_encoded_features)
+        j = 0
         for col in self.features:
-            s = df[col]
-            if col in self.categories:
-                cats = self.categories[col]
-                values = s.astype("string").fillna("")
-                unseen = sorted(set(values) - set(cats))
-                if unseen and self.unknown == "error":
-                    raise DataError(
-                        f"Column {col!r} has categories not seen in training: "
-                        f"{', '.join(unseen[:5])}{' ...' if len(unseen) > 5 else ''}; use "
-                        "--unknown-category ignore to encode them as zeros (the reference "
-                        "level)."
-                    )
-                levels = np.array(cats[1:], dtype=object)
-                blocks.append((values.to_numpy()[:, None] == levels[None, :]).astype(np.float64))
-            else:
-                blocks.append(_numeric(s, col).reshape(-1, 1))
-        X = np.hstack(blocks) if blocks else np.zeros((len(df), 0))
-        if not np.isfinite(X).all():
-            names = self.output_names
-            bad = {names[j]: int(n) for j, n in enumerate((~np.isfinite(X)).sum(0)) if n}
-            listing = ", ".join(f"{c!r} ({n})" for c, n in bad.items())
-            raise DataError(
-                f"Missing or infinite values in column(s) {listing}; fix them (fit and "
-                "evaluate can drop those rows with --missing drop)."
-            )
+            if col not in self.categories:
+                X[:, j] = _numeric(df, col)
+                j += 1
+                continue
+            cats = self.categories[col]
+            values = _as_text(df[col], cats)
+            if col in old:
+                values = values.fillna("")
+            # int64: the codes come as int8, and j + code must not wrap past 127
+            codes = pd.Categorical(values, categories=cats).codes.astype(np.int64)
+            unseen_mask = np.asarray(values.notna()) & (codes < 0)
+            if unseen_mask.any() and self.unknown == "error":
+                unseen = sorted(set(values[unseen_mask]))
+                raise DataError(
+                    f"Column {col!r} has categories not seen in training: "
+                    f"{', '.join(unseen[:5])}{' ...' if len(unseen) > 5 else ''} "
+                    f"({where(df, unseen_mask)}); use --unknown-category ignore to encode them "
+                    "as zeros (the reference level)."
+                )
+            rows = np.flatnonzero(codes > 0)  # the reference level (code 0) gets no column
+            X[rows, j + codes[rows] - 1] = 1.0
+            j += len(cats) - 1
         return X
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,19 +123,110 @@ class Encoder:
 
 
 def _is_numeric(s: Any) -> bool:
+    """Real numbers or booleans (complex numbers are not: casting would drop a part)."""
     import pandas as pd
 
-    return (
-        bool(pd.api.types.is_numeric_dtype(s.dtype))
-        and not pd.api.types.is_bool_dtype(s.dtype)
-        or bool(pd.api.types.is_bool_dtype(s.dtype))
-    )
+    dtype = s.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return True
+    return bool(pd.api.types.is_numeric_dtype(dtype)) and not pd.api.types.is_complex_dtype(dtype)
 
 
-def _numeric(s: Any, col: str) -> np.ndarray:
+def _numbers(s: Any) -> Any:
+    """A text column parsed as numbers: NaN where a value is missing or not a number."""
+    import pandas as pd
+
+    return pd.to_numeric(s.astype(object), errors="coerce").astype(np.float64)
+
+
+def _not_numbers(df: Any, col: str) -> np.ndarray:
+    """Mask of the values of a text column that are present but not numbers."""
+    s = df[col]
+    return np.asarray(s.notna()) & np.isnan(_numbers(s).to_numpy())
+
+
+def _example(df: Any, col: str, mask: np.ndarray) -> str:
+    """``'3.2x' at t.csv line 7`` for the first row of ``mask``."""
+    first = int(np.flatnonzero(mask)[0])
+    return f"{df[col].iloc[first]!r} at {where(df, np.arange(len(df)) == first)}"
+
+
+def _numeric(df: Any, col: str) -> np.ndarray:
+    s = df[col]
     if not _is_numeric(s):
-        raise DataError(f"Column {col!r} is not numeric.")
+        bad = _not_numbers(df, col)
+        if not bad.any():  # e.g. complex numbers, dates
+            raise DataError(f"Column {col!r} is not numeric (dtype {s.dtype}).")
+        raise DataError(
+            f"Column {col!r} is not numeric: {bad.sum()} value(s) are not numbers, e.g. "
+            f"{_example(df, col, bad)}."
+        )
     return s.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _as_text(s: Any, cats: Collection[str] = ()) -> Any:
+    """A column as pandas text, blanks missing; numbers in the form ``cats`` use (``"1"``,
+    not ``"1.0"``, when a Parquet column of codes came back as floats)."""
+    import pandas as pd
+
+    if _is_numeric(s) and not pd.api.types.is_bool_dtype(s.dtype):
+        known = set(cats)
+
+        def form(v: Any) -> str:
+            t = str(v)
+            if t not in known and float(v).is_integer():
+                t = str(int(v))
+            return t
+
+        text = s.map({v: form(v) for v in s.dropna().unique()}).astype("string")
+    else:
+        text = s.astype("string")
+    return text.mask(text.str.strip() == "")
+
+
+def missing_masks(df: Any, cols: list[str], text: Collection[str]) -> dict[str, np.ndarray]:
+    """Column -> mask of its missing values (infinite numbers and blank text count)."""
+    out = {}
+    for c in cols:
+        if c not in df.columns:
+            continue
+        s = df[c]
+        if c in text or not _is_numeric(s):
+            mask = np.asarray(_as_text(s).isna())
+        else:
+            mask = ~np.isfinite(s.to_numpy(dtype=np.float64, na_value=np.nan))
+        if mask.any():
+            out[c] = mask
+    return out
+
+
+def missing_message(df: Any, bad: dict[str, np.ndarray], remedy: str) -> str:
+    """``Missing or infinite values in column(s) 'a' (2) at t.csv lines 3, 9; <remedy>.``"""
+    listing = ", ".join(f"{c!r} ({int(m.sum())})" for c, m in bad.items())
+    rows = np.logical_or.reduce(list(bad.values()))
+    return f"Missing or infinite values in column(s) {listing} at {where(df, rows)}; {remedy}."
+
+
+def check_design_size(
+    n_rows: int, n_cols: int, categories: dict[str, list[str]], max_bytes: int | None = None
+) -> None:
+    """Refuse an encoded design of more than ``max_bytes`` before allocating it."""
+    limit = design_limit() if max_bytes is None else max_bytes
+    need = n_rows * n_cols * 8
+    if need <= limit:
+        return
+    hint = ""
+    if categories:
+        col, cats = max(categories.items(), key=lambda kv: len(kv[1]))
+        hint = (
+            f"; column {col!r} alone has {len(cats)} levels: drop it with --features or "
+            "lower --max-levels"
+        )
+    raise DataError(
+        f"The encoded data would take {_human(need)} ({n_rows} rows x {n_cols} columns x 8 "
+        f"bytes), more than the limit of {_human(limit)} ({DESIGN_MEMORY_SHARE:.0%} of the "
+        f"available memory; {LIMIT_ENV} sets it){hint}."
+    )
 
 
 def _listing(cols: list[str]) -> str:
@@ -238,28 +250,44 @@ def prepare(
     missing: str = "error",
     unknown_category: str = "error",
     encoder: Encoder | None = None,
+    max_levels: int = MAX_LEVELS,
+    max_bytes: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Encoder, Any]:
     """Check a table and split it into float64 ``X`` and ``y``.
 
     Parameters
     ----------
     df : DataFrame
+        Best read with :func:`read_table`, so that messages name the file and line.
     target : str or list of str
         Target column(s).
     features : list of str or None
         Input columns; default all other columns.
     categorical : {"error", "onehot"}
-        What to do with string columns among the features.
+        What to do with text columns among the features. A text column that is almost all
+        numbers (a typo in a numeric column) is an error either way.
     missing : {"error", "drop"}
-        Rows with NaN/inf in the used columns: an error naming the columns and counts, or
-        dropped.
+        Rows with a missing value (NaN, a blank, inf) in a used column, text columns included:
+        an error naming the columns, counts and lines, or dropped.
     encoder : Encoder, optional
         A fitted encoder (prediction time): its columns and categories are used.
+    max_levels : int
+        Most categories a one-hot column may have.
+    max_bytes : int, optional
+        Most bytes the encoded ``X`` may take (default :func:`design_limit`).
 
     Returns
     -------
     X, y, encoder, kept
         ``kept`` is the boolean mask of rows used.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"a": [1.0, 2.0, 3.0], "c": ["u", "v", "u"], "y": [1.0, 2.0, 4.0]})
+    >>> X, y, enc, kept = prepare(df, "y", categorical="onehot")
+    >>> enc.output_names
+    ['a', 'c=v']
     """
     targets = [target] if isinstance(target, str) else list(target)
     cols = [str(c) for c in df.columns]
@@ -268,58 +296,118 @@ def prepare(
     if absent:
         raise DataError(f"Target column {', '.join(map(repr, absent))} not found; {_listing(cols)}")
     for t in targets:
-        values = df[t].dropna()
-        if len(values) == 0:
-            raise DataError(f"Target column {t!r} has no values.")
-        if not _is_numeric(df[t]):
-            raise DataError(
-                f"Target column {t!r} is not numeric (e.g. {values.iloc[0]!r}); "
-                "regression needs a number."
-            )
+        _check_target(df, t)
     if encoder is None:
-        feats = [c for c in cols if c not in targets] if features is None else list(features)
-        _no_duplicates(feats, "feature")
-        both = [f for f in feats if f in targets]
-        if both:
+        feats = _feature_columns(cols, targets, features)
+        empty = [
+            f
+            for f in feats
+            if df[f].isna().all() or (not _is_numeric(df[f]) and _as_text(df[f]).isna().all())
+        ]
+        if empty:
             raise DataError(
-                f"Column(s) {', '.join(map(repr, both))} cannot be both a feature and the target."
+                f"Feature column(s) {', '.join(map(repr, empty))} have no values (all missing); "
+                "drop them with --features."
             )
-        absent = [f for f in feats if f not in cols]
-        if absent:
-            raise DataError(
-                f"Feature column(s) {', '.join(map(repr, absent))} not found; {_listing(cols)}"
-            )
-        if not feats:
-            raise DataError("No feature columns: the table holds only the target.")
         text = [f for f in feats if not _is_numeric(df[f])]
+        for f in text:
+            _check_not_almost_numeric(df, f, categorical)
         if text and categorical != "onehot":
-            raise DataError(
-                f"Non-numeric feature column(s): {', '.join(map(repr, text))}; drop them with "
-                "--features or encode them with --categorical onehot."
+            listing = ", ".join(
+                f"{f!r}"
+                + (f" (e.g. {_example(df, f, m)})" if (m := _not_numbers(df, f)).any() else "")
+                for f in text
             )
-        cats = {f: sorted(df[f].astype("string").fillna("").unique().tolist()) for f in text}
-        encoder = Encoder(feats, cats, unknown_category)
-    y = np.column_stack([_numeric(df[t], t) for t in targets])
-    numeric_cols = [c for c in encoder.features if c not in encoder.categories] + targets
-    bad = {
-        c: int((~np.isfinite(df[c].to_numpy(dtype=np.float64, na_value=np.nan))).sum())
-        for c in numeric_cols
-        if c in cols and _is_numeric(df[c])
-    }
-    bad = {c: n for c, n in bad.items() if n}
+            raise DataError(
+                f"Non-numeric feature column(s): {listing}; drop them with --features or encode "
+                "them with --categorical onehot."
+            )
+        categories: Collection[str] = text
+    else:
+        feats, categories = encoder.features, encoder.categories
+    old = [] if encoder is None else [c for c, v in encoder.categories.items() if "" in v]
+    used = [c for c in feats if c not in old] + targets
+    bad = missing_masks(df, used, categories)
     kept = np.ones(len(df), dtype=bool)
     if bad:
         if missing != "drop":
-            listing = ", ".join(f"{c!r} ({n})" for c, n in bad.items())
             raise DataError(
-                f"Missing or infinite values in column(s) {listing}; fix them or use "
-                "--missing drop to drop those rows."
+                missing_message(df, bad, "fix them or use --missing drop to drop those rows")
             )
-        for c in bad:
-            kept &= np.isfinite(df[c].to_numpy(dtype=np.float64, na_value=np.nan))
+        kept = ~np.logical_or.reduce(list(bad.values()))
         df = df[kept]
-        y = y[kept]
         if len(df) == 0:
             raise DataError("No rows left after dropping the rows with missing values.")
-    X = encoder.transform(df)
+    if encoder is None:
+        cats = {f: sorted(_as_text(df[f]).dropna().unique().tolist()) for f in text}
+        _check_levels(cats, max_levels)
+        encoder = Encoder(feats, cats, unknown_category)
+    y = np.column_stack([_numeric(df, t) for t in targets])
+    X = encoder.transform(df, max_bytes=max_bytes)
     return X, y, encoder, kept
+
+
+def _check_target(df: Any, t: str) -> None:
+    if df[t].isna().all():
+        raise DataError(f"Target column {t!r} has no values.")
+    if not _is_numeric(df[t]):
+        bad = _not_numbers(df, t)
+        example = f"{_example(df, t, bad)}, {bad.sum()} such value(s)" if bad.any() else ""
+        raise DataError(
+            f"Target column {t!r} is not numeric ({example or df[t].dtype}); regression needs "
+            "a number."
+        )
+
+
+def _feature_columns(cols: list[str], targets: list[str], features: list[str] | None) -> list[str]:
+    feats = [c for c in cols if c not in targets] if features is None else list(features)
+    _no_duplicates(feats, "feature")
+    both = [f for f in feats if f in targets]
+    if both:
+        raise DataError(
+            f"Column(s) {', '.join(map(repr, both))} cannot be both a feature and the target."
+        )
+    absent = [f for f in feats if f not in cols]
+    if absent:
+        raise DataError(
+            f"Feature column(s) {', '.join(map(repr, absent))} not found; {_listing(cols)}"
+        )
+    if not feats:
+        raise DataError("No feature columns: the table holds only the target.")
+    return feats
+
+
+def _check_not_almost_numeric(df: Any, col: str, categorical: str) -> None:
+    """A text column that is nearly all numbers, with many distinct ones, has typos."""
+    import pandas as pd
+
+    counts = df[col].value_counts(dropna=True)  # each distinct value once: parse those only
+    if len(counts) <= NUMERIC_MIN_DISTINCT:
+        return
+    is_number = np.isfinite(_numbers(pd.Series(counts.index, dtype=object)).to_numpy())
+    if is_number.sum() <= NUMERIC_MIN_DISTINCT:
+        return
+    if counts[is_number].sum() < NUMERIC_SHARE * counts.sum():
+        return
+    bad = _not_numbers(df, col)
+    values = list(dict.fromkeys(map(repr, df[col][bad].iloc[:5])))
+    consequence = (
+        f" (one-hot encoding would make {df[col].nunique() - 1} indicator columns of it)"
+        if categorical == "onehot"
+        else ""
+    )
+    raise DataError(
+        f"Column {col!r} holds numbers except for {int(bad.sum())} value(s): "
+        f"{', '.join(values)} at {where(df, bad)}{consequence}; fix those values, or drop the "
+        "column with --features."
+    )
+
+
+def _check_levels(cats: dict[str, list[str]], max_levels: int) -> None:
+    many = {c: len(v) for c, v in cats.items() if len(v) > max_levels}
+    if many:
+        listing = ", ".join(f"{c!r} ({n})" for c, n in many.items())
+        raise DataError(
+            f"Categorical column(s) with more than --max-levels {max_levels} distinct values: "
+            f"{listing}; an identifier? Drop it with --features, or raise --max-levels."
+        )
