@@ -30,10 +30,11 @@ def test_default_reaches_reference_quality_on_sine(seed):
 def test_defaults_beat_sklearn_on_diabetes_and_friedman1():
     X, y = load_diabetes(return_X_y=True)
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, random_state=0)
-    ours = MLPRegressor(random_state=0).fit(Xtr, ytr).score(Xte, yte)
+    # one 89-row test split is noisy: every seed beats scikit-learn, the mean clears 0.25
+    ours = [MLPRegressor(random_state=s).fit(Xtr, ytr).score(Xte, yte) for s in range(5)]
     with pytest.warns(Warning):
         ref = SkMLP(random_state=0).fit(Xtr, ytr).score(Xte, yte)
-    assert ours >= ref and ours > 0.25
+    assert min(ours) >= ref and np.mean(ours) > 0.25
     X, y = make_friedman1(n_samples=4000, random_state=0)
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, random_state=0)
     ours = MLPRegressor(random_state=0).fit(Xtr, ytr).score(Xte, yte)
@@ -223,7 +224,9 @@ def test_ctrl_c_stops_cleanly_and_keeps_best_weights():
 
 
 def test_warm_start_continues_training():
-    m = MLPRegressor(random_state=0, max_epochs=20, early_stopping=False, warm_start=True)
+    m = MLPRegressor(
+        activation="relu", random_state=0, max_epochs=20, early_stopping=False, warm_start=True
+    )
     m.fit(SINE.X_train, SINE.y_train.ravel())
     first = m.history_.train_loss[-1]
     m.fit(SINE.X_train, SINE.y_train.ravel())

@@ -79,19 +79,31 @@ def make_line(random_state: int = 42) -> ReferenceData:
     return _split(X, y, coef, "line", random_state)
 
 
-def make_sine(random_state: int = 42, noise_seed: int = 0, noise: float = 0.1) -> ReferenceData:
+def make_sine(
+    random_state: int = 42,
+    noise_seed: int = 0,
+    noise: float = 0.1,
+    legacy_noise_seed: int | None = None,
+) -> ReferenceData:
     """Experiment B: the line's X with target ``sin(2 X) + N(0, noise^2)``, same split.
 
     The tutorial drew the noise unseeded; here it comes from
-    ``numpy.random.default_rng(noise_seed)``, so the data are reproducible.
+    ``numpy.random.default_rng(noise_seed)``, so the data are reproducible. With
+    ``legacy_noise_seed`` it comes instead from ``numpy.random.RandomState(legacy_noise_seed)``:
+    ``legacy_noise_seed=42`` reproduces the tutorial's draw after ``np.random.seed(42)``
+    (``np.random.normal(0, noise, X.shape)``), without touching NumPy's global RNG.
 
     Examples
     --------
     >>> d = make_sine()
     >>> float(abs(d.y_train).max()) < 1.5
     True
+    >>> tutorial = make_sine(legacy_noise_seed=42)
     """
     X, _, coef = _base(random_state)
-    rng = np.random.default_rng(noise_seed)
-    y = np.sin(2.0 * X[:, 0]) + rng.normal(0.0, noise, size=X.shape[0])
+    if legacy_noise_seed is not None:
+        eps = np.random.RandomState(legacy_noise_seed).normal(0.0, noise, size=X.shape[0])
+    else:
+        eps = np.random.default_rng(noise_seed).normal(0.0, noise, size=X.shape[0])
+    y = np.sin(2.0 * X[:, 0]) + eps
     return _split(X, y, coef, "sine", random_state)
