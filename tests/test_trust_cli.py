@@ -482,3 +482,70 @@ def test_onehot_after_many_columns_lands_in_the_right_column():
     assert X.shape == (3, 202)
     np.testing.assert_array_equal(X[:, 200:], [[0, 0], [1, 0], [0, 1]])
     assert X[:, :200].sum() == 0
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--solver", "adam", "--lr", "0"], "learning_rate"),
+        (["--model", "mlp", "--lr", "0"], "learning_rate_init"),
+        (["--model", "mlp", "--epochs", "0"], "max_epochs"),
+    ],
+)
+def test_zero_learning_rate_or_epochs_is_refused_not_replaced_by_the_default(
+    capsys, table, flags, needle
+):
+    path, _ = table
+    line = error(capsys, "fit", path, "--target", "y", "--features", "a,b", *flags)
+    assert needle in line
+
+
+def test_a_seed_beyond_64_bits_is_refused_at_parse_time(capsys, table):
+    path, _ = table
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", str(path), "--target", "y", "--seed", str(2**64)])
+    assert exc.value.code == 2
+    assert "from 0 to 2**63 - 1" in capsys.readouterr().err
+
+
+def test_a_network_too_large_for_memory_is_refused_before_it_is_built(capsys, table):
+    path, _ = table
+    line = error(
+        capsys, "fit", path, "--target", "y", "--features", "a,b", "--model", "mlp",
+        "--hidden", "100000,100000", "--epochs", "1",
+    )
+    assert "10,000,500,001 parameters" in line and "choose smaller hidden layers" in line
+
+
+@pytest.mark.parametrize("command", ["summary", "fit"])
+def test_closed_stdout_is_an_error_for_summary_and_fit_without_out(many, command):
+    model, data = many
+    args = ["summary", str(model)] if command == "summary" else ["fit", str(data), "--target", "y"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "regtorch", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: __import__("os").close(1),  # stdout closed, as `>&-` does
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith("regtorch: error: standard output is closed")
+
+
+def test_fit_piped_into_head_still_writes_its_model(table, tmp_path):
+    path, _ = table
+    dest = tmp_path / "m"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "regtorch", "fit", str(path), "--target", "y",
+         "--features", "a,b", "--out", str(dest)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout.readline().startswith(b"LinearRegression on")  # `| head -1`
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) in (0, 141), err  # 141 once a line meets the closed pipe
+    assert "Traceback" not in err
+    assert (dest / "model.safetensors").exists() and (dest / "metrics.json").exists()

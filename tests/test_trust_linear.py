@@ -273,3 +273,69 @@ def test_intercept_types_match_sklearn(Est, tmp_path):
         np.testing.assert_array_equal(loaded.predict(X_D[:5]), ours.predict(X_D[:5]))
     two = Est().fit(X_D, np.column_stack([Y_D, Y_D]))
     assert isinstance(two.intercept_, np.ndarray) and two.intercept_.shape == (2,)
+
+
+@pytest.mark.parametrize("solver", ["auto", "qr", "svd", "cholesky"])
+@pytest.mark.parametrize("others", [("big", "huge"), ("big", "tiny"), ("big", "huge", "tiny")])
+def test_a_constant_at_resolution_column_beside_extreme_ones_leaves_the_rest_right(solver, others):
+    # 1e20 + N(0, 1) is constant in float64; beside a 1e200 column an SVD's rank tolerance
+    # used to zero every coefficient (x too) with exit 0
+    rng = np.random.default_rng(0)
+    n = 200
+    x = rng.normal(size=n)
+    cols = {
+        "big": 1e20 + rng.normal(size=n),
+        "huge": 1e200 * rng.normal(size=n),
+        "tiny": 1e-300 * rng.normal(size=n),
+    }
+    y = -3 * x + 0.1 * rng.normal(size=n)
+    X = np.column_stack([cols[c] for c in others] + [x])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = LinearRegression(solver=solver).fit(X, y)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "Column(s) [0] (0-based) are constant to float64 resolution" in messages
+    assert m.coef_[0] == 0.0
+    assert abs(m.coef_[-1] + 3) < 0.05
+    assert m.score(X, y) > 0.99
+    assert m.solver_.startswith("extended")
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "adam"])
+def test_gradient_solvers_zero_a_column_constant_at_resolution(solver):
+    rng = np.random.default_rng(0)
+    n = 200
+    x = rng.normal(size=n)
+    X = np.column_stack([1e20 + rng.normal(size=n), 1e200 * rng.normal(size=n), x])
+    y = -3 * x + 0.1 * rng.normal(size=n)
+    with pytest.warns(RankWarning, match=r"Column\(s\) \[0\]"):
+        m = LinearRegression(solver=solver).fit(X, y)
+    assert m.coef_[0] == 0.0 and abs(m.coef_[-1] + 3) < 0.05
+    assert m.score(X, y) > 0.99  # the intercept no longer cancels a 1e20 term
+
+
+def test_statistics_that_float64_cannot_hold_are_refused_not_printed_as_zero_or_inf(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 2000
+    x = rng.normal(size=n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        big_y = LinearRegression().fit(x[:, None], 1e300 * (x + 0.1 * rng.normal(size=n)))
+    with pytest.raises(ValueError, match="Standard errors cannot be represented in float64"):
+        big_y.summary()
+    t = pa.table(
+        {
+            "huge": 1e200 * rng.normal(size=n),
+            "tiny": 1e-300 * rng.normal(size=n),
+            "x": x,
+            "y": -3 * x + 0.1 * rng.normal(size=n),
+        }
+    )
+    pq.write_table(t, tmp_path / "s.parquet")
+    streamed = LinearRegression()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stream_fit_linear(streamed, TableSource(tmp_path / "s.parquet", target="y"))
+    assert abs(streamed.coef_[-1] + 3) < 0.01
+    with pytest.raises(ValueError, match="'huge', 'tiny'"):
+        streamed.summary()

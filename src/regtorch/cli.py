@@ -110,9 +110,9 @@ def _estimator(args: argparse.Namespace) -> Any:
         kw: dict[str, Any] = {"device": args.device}
         if args.solver:
             kw["solver"] = args.solver
-        if args.epochs:
+        if args.epochs is not None:
             kw["max_iter"] = args.epochs
-        if args.lr:
+        if args.lr is not None:
             kw["learning_rate"] = args.lr
         kw["random_state"] = seed
         if args.model == "ridge":
@@ -121,7 +121,7 @@ def _estimator(args: argparse.Namespace) -> Any:
     if args.model in ("lasso", "elasticnet"):
         alpha = 1.0 if args.alpha is None else args.alpha
         kw = {"device": args.device}
-        if args.epochs:
+        if args.epochs is not None:
             kw["max_iter"] = args.epochs
         if args.model == "lasso":
             return regtorch.Lasso(alpha=alpha, **kw)
@@ -129,9 +129,9 @@ def _estimator(args: argparse.Namespace) -> Any:
     kw = {"random_state": seed, "device": args.device, "verbose": sys.stderr.isatty()}
     if args.hidden:
         kw["hidden_layer_sizes"] = args.hidden
-    if args.epochs:
+    if args.epochs is not None:
         kw["max_epochs"] = args.epochs
-    if args.lr:
+    if args.lr is not None:
         kw["learning_rate_init"] = args.lr
     if args.batch_size:
         kw["batch_size"] = None if args.batch_size == "full" else int(args.batch_size)
@@ -356,12 +356,12 @@ def _fit_in_memory(args: argparse.Namespace, out: Path | None) -> int:
             metrics["baseline (scikit-learn LinearRegression)"] = _metrics(
                 y_fit[test_idx], base.predict(X[test_idx])
             )
-    print(
+    _say(
         f"{type(est).__name__} on {args.data}: {len(train_idx)} train, {len(val_idx)} "
         f"validation, {len(test_idx)} test rows; target {args.target}"
     )
     if metrics:
-        print(
+        _say(
             format_table(
                 ["test metrics", "R2", "MSE", "RMSE", "MAE"],
                 [
@@ -371,11 +371,11 @@ def _fit_in_memory(args: argparse.Namespace, out: Path | None) -> int:
             )
         )
     else:
-        print("No held-out rows (--test-size 0): no test metrics.")
+        _say("No held-out rows (--test-size 0): no test metrics.")
     coef = _coef_table(est, names)
     if coef is not None:
-        print()
-        print(format_table(*coef))
+        _say()
+        _say(format_table(*coef))
     if out is None:
         return 0
     record = {
@@ -387,7 +387,7 @@ def _fit_in_memory(args: argparse.Namespace, out: Path | None) -> int:
         "metrics": metrics,
     }
     _write_outputs(out, est, encoder, targets, record, y_fit[test_idx], pred, coef, args)
-    print(f"\nModel, metrics.json, plots and report.html written to {out}/")
+    _say(f"\nModel, metrics.json, plots and report.html written to {out}/")
     return 0
 
 
@@ -467,14 +467,14 @@ def _fit_streaming_in_group(args: argparse.Namespace, out: Path | None) -> int:
     # rows processed per second: every epoch's rows for the MLP
     done = info.get("rows_read", info["rows_fit"] * info.get("epochs", 1))
     rate = done * (world if "rows_read" in info else 1) / max(info["seconds"], 1e-9)
-    print(
+    _say(
         f"{type(est).__name__} (streamed, {world} process{'es' if world > 1 else ''}, "
         f"batches of {info['batch_rows']} rows) on {args.data}: {info['rows_fit']} train "
         f"rows, {rate:,.0f} rows/s; held-out test share {args.test_size:g}"
     )
     m = {"model": strict_metrics(metrics)}
     if metrics:
-        print(
+        _say(
             format_table(
                 ["test metrics", "R2", "MSE", "RMSE", "MAE"],
                 [[k, *(_cell(v, c) for c in ("r2", "mse", "rmse", "mae"))] for k, v in m.items()],
@@ -482,12 +482,12 @@ def _fit_streaming_in_group(args: argparse.Namespace, out: Path | None) -> int:
         )
     else:
         m = {}
-        print("No held-out rows (--test-size 0): no test metrics.")
+        _say("No held-out rows (--test-size 0): no test metrics.")
     names = list(source.features)
     coef = _coef_table(est, names)
     if coef is not None:
-        print()
-        print(format_table(*coef))
+        _say()
+        _say(format_table(*coef))
     if out is not None:
         from regtorch.data import Encoder
 
@@ -503,7 +503,7 @@ def _fit_streaming_in_group(args: argparse.Namespace, out: Path | None) -> int:
         y_t = y_s[:, 0] if y_s.shape[1] == 1 else y_s
         p_t = p_s[:, 0] if p_s.shape[1] == 1 else p_s
         _write_outputs(out, est, Encoder(names, {}), source.targets, record, y_t, p_t, coef, args)
-        print(f"\nModel, metrics.json, plots and report.html written to {out}/")
+        _say(f"\nModel, metrics.json, plots and report.html written to {out}/")
     return 0
 
 
@@ -776,8 +776,10 @@ def _positive_int(text: str) -> int:
 
 
 def _seed(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    if not text.isdigit() or int(text) >= 2**63:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer from 0 to 2**63 - 1, got {text!r}"
+        )
     return int(text)
 
 
@@ -960,6 +962,37 @@ def _one_line_warning(
     print(f"regtorch: warning: {message}", file=sys.stderr)
 
 
+class _Stdout:
+    """Whether a report line met a closed pipe (``regtorch fit ... | head -1``)."""
+
+    broken = False
+
+
+def _say(*parts: Any) -> None:
+    """Print a line of fit's report; a reader that left early must not stop the fit before
+    its model is written, so the pipe's closing is remembered and reported at the end."""
+    if _Stdout.broken:
+        return
+    try:
+        print(*parts)
+    except BrokenPipeError:
+        _Stdout.broken = True
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def _check_stdout_open(args: argparse.Namespace) -> None:
+    """Refuse to run a command whose results go to a closed standard output."""
+    if sys.stdout is not None:
+        return
+    if args.func in (_cmd_summary, _cmd_evaluate):
+        raise UserError("standard output is closed; nothing was written (keep stdout open).")
+    if args.func in (_cmd_fit, _cmd_demo) and getattr(args, "out", None) is None:
+        raise UserError("standard output is closed; nothing was written (give --out DIR).")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``regtorch`` command."""
     from regtorch.outputs import InterruptedFit
@@ -968,7 +1001,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.showwarning = _one_line_warning
     try:
-        return int(args.func(args))
+        _check_stdout_open(args)
+        _Stdout.broken = False
+        code = int(args.func(args))
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a write error still pending is an error, not exit 0
+        return EXIT_BROKEN_PIPE if _Stdout.broken and code == 0 else code
     except KeyboardInterrupt:
         print("regtorch: interrupted", file=sys.stderr)
         return 130

@@ -359,6 +359,11 @@ def design_limit() -> int:
             return int(float(env))
         except ValueError:
             raise DataError(f"{LIMIT_ENV}={env!r}: give a number of bytes.") from None
+    return int(available_memory() * DESIGN_MEMORY_SHARE)
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (``MemAvailable``; physical memory where unknown)."""
     available = 0
     try:
         with open("/proc/meminfo") as fh:
@@ -372,4 +377,4 @@ def design_limit() -> int:
             available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
             available = 8 * 1024**3
-    return int(available * DESIGN_MEMORY_SHARE)
+    return int(available)

@@ -671,7 +671,21 @@ def solve_least_squares(
         sol = solve_svd(c.X, c.y, alpha) if solver == "svd" else solve_qr(c.X, c.y, alpha)
     else:
         raise ValueError(f"Unknown closed-form solver {solver!r}.")
-    if ext is not None and sol is not ext and ext.rank == p:
+    if ext is not None and solver != "extended" and ext.rank < p and alpha == 0:
+        # rank deficient in extended precision too: the exactly centred minimum-norm fit
+        # (constant columns zeroed, the rest solved scale-free) whatever solver was asked for
+        mn, mxo, myo = _min_norm_exactly_centred(X, y, sample_weight, fit_intercept)
+        if mn.rank >= sol.rank:
+            if mn.rank > sol.rank:
+                mn.solver = (
+                    f"{mn.solver} (fallback from {sol.solver}: float64 found rank {sol.rank}, "
+                    f"rank {mn.rank} of {p} in extended precision)"
+                )
+                warnings.warn(
+                    f"solver={solver!r} was not used: {mn.solver}.", UserWarning, stacklevel=3
+                )
+            sol, xo, yo = mn, mxo, myo
+    elif ext is not None and solver != "extended" and ext.rank == p:
         if sol.rank < p:
             note = (
                 f"extended (fallback from {sol.solver}: float64 found rank {sol.rank} < {p}, "
@@ -749,9 +763,32 @@ def _min_norm_exactly_centred(
     Zc = (Z * em.scale - mean) / em.scale  # exact centring to float64, then exact rescaling
     if wn is not None:
         Zc = Zc * np.sqrt(wn)[:, None]
+    offs = torch.as_tensor(mean / em.scale, device=X.device)
+    keep = np.any(Zc[:, :p] != 0, axis=0)
+    if 0 < int(keep.sum()) < p:
+        # Columns constant to float64 resolution get coefficient 0; the others are solved
+        # on their own by the scale-free extended path, so one 1e200 column beside them
+        # cannot swamp an SVD's rank tolerance and zero every other coefficient.
+        sub = solve_extended(Xn[:, keep], yn, wn, fit_intercept)
+        if sub.rank == int(keep.sum()):
+            warnings.warn(
+                f"Column(s) {np.flatnonzero(~keep).tolist()} (0-based) are constant to float64 "
+                "resolution (their spread is below the rounding of their magnitude, e.g. "
+                "1e20 + small noise): their coefficients are 0 and the other columns are "
+                "fitted without them.",
+                RankWarning,
+                stacklevel=4,
+            )
+            coef = torch.zeros(p, yn.shape[1], dtype=torch.float64)
+            coef[torch.as_tensor(keep)] = sub.coef
+            intercept = None if sub.intercept is None else sub.intercept.to(X.device)
+            return (
+                LinearSolution(coef.to(X.device), sub.rank, sub.solver, intercept=intercept),
+                offs[:p],
+                offs[p:],
+            )
     Zt = torch.as_tensor(Zc, device=X.device)
     sol = solve_svd(Zt[:, :p], Zt[:, p:])
-    offs = torch.as_tensor(mean / em.scale, device=X.device)
     return sol, offs[:p], offs[p:]
 
 

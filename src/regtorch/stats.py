@@ -124,6 +124,20 @@ def _check_single_target(est: Any) -> None:
         raise ValueError("summary() and predict_interval() support one target; fit one per column.")
 
 
+def _check_representable(se: np.ndarray, ssr: float, names: list[str], k_const: int) -> None:
+    """Refuse standard errors that float64 cannot hold (0 or inf from over/underflow)."""
+    terms = list(names) if len(names) == se.size else (["const"] if k_const else []) + list(names)
+    bad = ~np.isfinite(se) | ((se == 0) & (ssr > 0))
+    if not math.isfinite(ssr) or bool(bad.any()):
+        which = [t for t, b in zip(terms, bad) if b] or terms
+        raise ValueError(
+            "Standard errors cannot be represented in float64 for "
+            f"{', '.join(repr(t) for t in which[:5])}: the magnitudes of the columns or of "
+            "the target (near 1e300 or 1e-300) leave no room for their squares. The "
+            "coefficients are fitted; rescale the data for the statistics."
+        )
+
+
 def summarize(
     est: Any,
     level: float = 0.95,
@@ -169,6 +183,7 @@ def summarize(
             se = np.concatenate([[math.sqrt(v0)], se])
     else:
         se = _robust_se(est, cov_type, X, y, sample_weight)
+    _check_representable(np.asarray(se, dtype=np.float64), ssr, _names(est, p), k_const)
     rsq = 1 - ssr / sst if sst > 0 else float("nan")
     rsq_adj = 1 - (n - k_const) / df_resid * (1 - rsq)
     ess = sst - ssr

@@ -82,11 +82,32 @@ def _gradient_fit(
 
     c = center_and_weight(X, y, sw, est.fit_intercept)
     n, p = c.X.shape
-    sx = c.X.square().mean(0).sqrt()
-    sx = torch.where(sx > 0, sx, torch.ones_like(sx))
-    sy = c.y.square().mean(0).sqrt()
+
+    def rms(A: torch.Tensor) -> torch.Tensor:
+        # divided by the largest magnitude first: no overflow for 1e200, no underflow at 1e-300
+        peak = A.abs().amax(0)
+        peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+        return (A / peak).square().mean(0).sqrt() * peak
+
+    sx = rms(c.X)
+    # a spread below float64 resolution at the column's magnitude (1e20 + small noise) is
+    # rounding noise after centring: such a column is constant and gets coefficient 0
+    const = sx <= 64 * torch.finfo(torch.float64).eps * c.X_offset.abs()
+    Xc = torch.where(const, torch.zeros_like(c.X), c.X)
+    if bool(const.any()):
+        from regtorch.solvers import RankWarning
+
+        warnings.warn(
+            f"Column(s) {torch.nonzero(const).flatten().tolist()} (0-based) are constant to "
+            "float64 resolution (their spread is below the rounding of their magnitude): "
+            "their coefficients are 0.",
+            RankWarning,
+            stacklevel=3,
+        )
+    sx = torch.where((sx > 0) & ~const, sx, torch.ones_like(sx))
+    sy = rms(c.y)
     sy = torch.where(sy > 0, sy, torch.ones_like(sy))
-    Xs, ys = c.X / sx, c.y / sy
+    Xs, ys = Xc / sx, c.y / sy
     module = LinearModule(p, y.shape[1], bias=False).to(torch.float64)
 
     penalty = None
@@ -127,6 +148,7 @@ def _gradient_fit(
     est.n_iter_ = len(hist)
     _check_not_diverged(module, Xs, ys, hist, solver, lr)
     coef = (module.linear.weight.detach().mT * sy.unsqueeze(0)) / sx.unsqueeze(1)
+    coef[const] = 0.0  # their weights saw no gradient and keep their random start
     return coef, c.X_offset, c.y_offset
 
 

@@ -70,6 +70,27 @@ def _standardized(A: np.ndarray, mean: np.ndarray, scale: np.ndarray, name: str)
     return out
 
 
+# Bytes per parameter while training: float32 weights, gradients and Adam's two moments,
+# plus the float64 copy used for prediction, with slack for activations.
+BYTES_PER_PARAMETER = 40
+
+
+def _check_network_size(n_in: int, sizes: tuple[int, ...], n_out: int) -> None:
+    """Refuse, before building it, a network that cannot fit in the memory available."""
+    from regtorch.readers import available_memory
+
+    widths = (n_in, *sizes, n_out)
+    n_params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    need = n_params * BYTES_PER_PARAMETER
+    limit = available_memory() // 2
+    if need > limit:
+        raise ValueError(
+            f"hidden_layer_sizes={sizes} gives {n_params:,} parameters, about "
+            f"{need / 2**30:.1f} GiB to train, more than the {limit / 2**30:.1f} GiB "
+            "available: choose smaller hidden layers."
+        )
+
+
 def _l2_penalty(alpha: float) -> Callable[[torch.nn.Module], torch.Tensor] | None:
     """``alpha / 2 * sum(w ** 2)``: coupled weight decay for optimizers without one (L-BFGS)."""
     if alpha == 0:
@@ -419,6 +440,7 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
             if isinstance(self.hidden_layer_sizes, numbers.Integral)
             else tuple(int(h) for h in self.hidden_layer_sizes)
         )
+        _check_network_size(p, sizes, ytr.shape[1])
         reuse = self.warm_start and hasattr(self, "module_")
         if reuse:
             old = self.module_
