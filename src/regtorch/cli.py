@@ -778,7 +778,7 @@ def _positive_int(text: str) -> int:
 def _seed(text: str) -> int:
     if not text.isdigit() or int(text) >= 2**63:
         raise argparse.ArgumentTypeError(
-            f"expected an integer from 0 to 2**63 - 1, got {text!r}"
+            f"expected a non-negative integer below 2**63, got {text!r}"
         )
     return int(text)
 
