@@ -671,7 +671,39 @@ def solve_least_squares(
         sol = solve_svd(c.X, c.y, alpha) if solver == "svd" else solve_qr(c.X, c.y, alpha)
     else:
         raise ValueError(f"Unknown closed-form solver {solver!r}.")
-    if ext is not None and solver != "extended" and ext.rank < p and alpha == 0:
+    if ext is not None and solver != "extended":
+        sol, xo, yo = _against_extended(
+            sol, (xo, yo), ext, (exo, eyo), em, X, y, sample_weight, fit_intercept, solver, alpha
+        )
+    if sol.rank < p and alpha == 0:
+        warnings.warn(
+            f"The design matrix is rank deficient (rank {sol.rank} < {p} features); "
+            "returning the minimum-norm least-squares solution.",
+            RankWarning,
+            stacklevel=3,
+        )
+    return sol, xo.to(X.device), yo.to(X.device)
+
+
+def _against_extended(
+    sol: LinearSolution,
+    offsets: tuple[torch.Tensor, torch.Tensor],
+    ext: LinearSolution,
+    ext_offsets: tuple[torch.Tensor, torch.Tensor],
+    em: _ExtendedMoments,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    sample_weight: torch.Tensor | None,
+    fit_intercept: bool,
+    solver: str,
+    alpha: float,
+) -> tuple[LinearSolution, torch.Tensor, torch.Tensor]:
+    """An explicit solver's answer checked against the extended path: a visible fallback
+    where its float64 rank is wrong, else refined coefficients and extended statistics."""
+    p = X.shape[1]
+    xo, yo = offsets
+    exo, eyo = ext_offsets
+    if ext.rank < p and alpha == 0:
         # rank deficient in extended precision too: the exactly centred minimum-norm fit
         # (constant columns zeroed, the rest solved scale-free) whatever solver was asked for
         mn, mxo, myo = _min_norm_exactly_centred(X, y, sample_weight, fit_intercept)
@@ -682,16 +714,16 @@ def solve_least_squares(
                     f"rank {mn.rank} of {p} in extended precision)"
                 )
                 warnings.warn(
-                    f"solver={solver!r} was not used: {mn.solver}.", UserWarning, stacklevel=3
+                    f"solver={solver!r} was not used: {mn.solver}.", UserWarning, stacklevel=4
                 )
             sol, xo, yo = mn, mxo, myo
-    elif ext is not None and solver != "extended" and ext.rank == p:
+    elif ext.rank == p:
         if sol.rank < p:
             note = (
                 f"extended (fallback from {sol.solver}: float64 found rank {sol.rank} < {p}, "
                 f"the design has full rank {p} in extended precision)"
             )
-            warnings.warn(f"solver={solver!r} was not used: {note}.", UserWarning, stacklevel=3)
+            warnings.warn(f"solver={solver!r} was not used: {note}.", UserWarning, stacklevel=4)
             ext.solver = note
             sol, xo, yo = ext, exo, eyo
         else:
@@ -705,14 +737,7 @@ def solve_least_squares(
                 sol.intercept = torch.as_tensor(b0, device=X.device) if fit_intercept else None
             # the statistics come from the extended path whatever solved for coefficients
             sol.R, sol.bse_unit, sol.sst = ext.R, ext.bse_unit, ext.sst
-    if sol.rank < p and alpha == 0:
-        warnings.warn(
-            f"The design matrix is rank deficient (rank {sol.rank} < {p} features); "
-            "returning the minimum-norm least-squares solution.",
-            RankWarning,
-            stacklevel=3,
-        )
-    return sol, xo.to(X.device), yo.to(X.device)
+    return sol, xo, yo
 
 
 def _numpy_inputs(

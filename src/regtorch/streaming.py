@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from regtorch.data import DataError, _check_unique, _listing, _no_duplicates
+from regtorch.data import DataError, _check_unique, _feature_columns, _listing, _no_duplicates
 from regtorch.training import _num_threads
 
 __all__ = [
@@ -283,20 +283,7 @@ class TableSource:
                     f"Target column {t!r} is not numeric{self._example(t)}; regression needs a "
                     "number."
                 )
-        feats = [n for n in names if n not in self.targets] if features is None else list(features)
-        _no_duplicates(feats, "feature")
-        both = [f for f in feats if f in self.targets]
-        if both:
-            raise DataError(
-                f"Column(s) {', '.join(map(repr, both))} cannot be both a feature and the target."
-            )
-        absent = [f for f in feats if f not in names]
-        if absent:
-            raise DataError(
-                f"Feature column(s) {', '.join(map(repr, absent))} not found; {_listing(names)}"
-            )
-        if not feats:
-            raise DataError("No feature columns: the table holds only the target.")
+        feats = _feature_columns(names, self.targets, features)  # the in-memory rules
         text = [f for f in feats if not numeric(f)]
         if text:
             raise DataError(
