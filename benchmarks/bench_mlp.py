@@ -23,8 +23,8 @@ from sklearn.metrics import r2_score
 
 from regtorch import MLPRegressor
 from regtorch.datasets import make_sine
-from regtorch.modules import MLP
-from regtorch.training import Callback, train
+from regtorch.nn.loop import Callback, train
+from regtorch.nn.modules import MLP
 
 TARGET_R2 = 0.976
 

@@ -112,7 +112,8 @@ def _cli(args: list[str], torchrun: int = 0) -> tuple[float, int, str]:
 
 def run(args: Any) -> str:
     from regtorch import LinearRegression
-    from regtorch.streaming import TableSource, parse_memory, stream_fit_linear
+    from regtorch.data import TableSource, parse_memory
+    from regtorch.linear import stream_fit_linear
 
     gb = 0.25 if args.quick else 1.0
     path = _dataset(gb)

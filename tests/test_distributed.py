@@ -12,7 +12,8 @@ import pytest
 
 import regtorch
 from regtorch import LinearRegression, Ridge
-from regtorch.streaming import TableSource, stream_fit_linear
+from regtorch.data import TableSource
+from regtorch.linear import stream_fit_linear
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 

@@ -12,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from regtorch import ElasticNet, Lasso, LinearRegression, Ridge
-from regtorch.solvers import RankWarning
+from regtorch.linear.solvers import RankWarning
 from tests.conftest import cuda
 
 X_DIA, Y_DIA = load_diabetes(return_X_y=True)

@@ -11,11 +11,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from regtorch import MLPRegressor
-from regtorch.callbacks import Checkpoint, EarlyStopping
-from regtorch.checkpoint import CheckpointError
 from regtorch.datasets import make_sine
-from regtorch.modules import MLP
-from regtorch.training import Callback, TrainingDivergedError, train
+from regtorch.nn.callbacks import Checkpoint, EarlyStopping
+from regtorch.nn.checkpoint import CheckpointError
+from regtorch.nn.loop import Callback, TrainingDivergedError, train
+from regtorch.nn.modules import MLP
 from tests.conftest import cuda
 
 SINE = make_sine()
@@ -304,9 +304,9 @@ def test_real_sigint_stops_training_cleanly(tmp_path):
     script.write_text(
         "import json, sys, torch\n"
         "from regtorch.datasets import make_sine\n"
-        "from regtorch.modules import MLP\n"
-        "from regtorch.callbacks import EarlyStopping\n"
-        "from regtorch.training import Callback, train\n"
+        "from regtorch.nn.modules import MLP\n"
+        "from regtorch.nn.callbacks import EarlyStopping\n"
+        "from regtorch.nn.loop import Callback, train\n"
         "class Ready(Callback):\n"
         "    def on_epoch_end(self, state):\n"
         "        if state.epoch == 20:\n"
@@ -414,7 +414,7 @@ def test_divergence_with_early_stopping_on_train_loss_keeps_finite_weights():
 
 def test_seed_fixes_a_bare_layer():
     a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
-    from regtorch.training import init_module
+    from regtorch.nn.loop import init_module
 
     init_module(a, 0)
     init_module(b, 0)

@@ -7,7 +7,7 @@ import torch
 
 from regtorch import MLPRegressor
 from regtorch.datasets import _base, make_sine
-from regtorch.modules import MLP
+from regtorch.nn.modules import MLP
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(200, 2))

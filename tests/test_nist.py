@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from regtorch import LinearRegression
-from regtorch.streaming import TableSource, stream_fit_linear
+from regtorch.data import TableSource
+from regtorch.linear import stream_fit_linear
 
 DATA = Path(__file__).parent / "data" / "nist"
 DEGREE = {"Norris": 1, "Pontius": 2, "NoInt1": 1, "NoInt2": 1, "Filip": 10}

@@ -2,7 +2,7 @@ import numpy as np
 from PIL import Image
 
 from regtorch import plotting
-from regtorch.training import History
+from regtorch.nn.loop import History
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

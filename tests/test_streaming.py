@@ -7,8 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from regtorch import LinearRegression, Ridge
-from regtorch.data import DataError
-from regtorch.streaming import TableSource, _hash01, parse_memory, stream_fit_linear, stream_metrics
+from regtorch.data import DataError, TableSource, parse_memory
+from regtorch.data.split import hash01 as _hash01
+from regtorch.linear import stream_fit_linear
+from regtorch.metrics import stream_metrics
 
 
 def make_table(n=5000, p=6, seed=0):
@@ -85,7 +87,7 @@ def test_held_out_rows_and_metrics(files):
 
 def test_memory_limit_decides_batch_rows(files):
     d, _ = files
-    from regtorch.streaming import _resident_bytes
+    from regtorch.data.memory import _resident_bytes
 
     held = _resident_bytes()
     small = TableSource(d / "t.parquet", "y", memory_limit=held + parse_memory("20MB"))
@@ -122,7 +124,7 @@ def test_streaming_errors(files, tmp_path):
 
 def test_streamed_mlp_learns_and_keeps_the_best_epoch(tmp_path):
     from regtorch import MLPRegressor
-    from regtorch.streaming import stream_fit_mlp
+    from regtorch.nn import stream_fit_mlp
 
     rng = np.random.default_rng(0)
     n = 6000
@@ -153,7 +155,7 @@ def test_streamed_mlp_learns_and_keeps_the_best_epoch(tmp_path):
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_streamed_mlp_on_cuda(tmp_path):
     from regtorch import MLPRegressor
-    from regtorch.streaming import stream_fit_mlp
+    from regtorch.nn import stream_fit_mlp
 
     df = make_table(3000, 3)
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp_path / "c.parquet")

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from regtorch.callbacks import LoggingCallback
-from regtorch.modules import MLP, LinearModule
-from regtorch.training import Callback, History, init_module, train
+from regtorch.nn.callbacks import LoggingCallback
+from regtorch.nn.loop import Callback, History, init_module, train
+from regtorch.nn.modules import MLP, LinearModule
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(200, 3)).astype(np.float32)
@@ -131,7 +131,7 @@ def test_bad_input_raises_value_error_naming_the_problem():
 
 
 def test_progress_bar_shows_epoch_loss_and_rate(capsys):
-    from regtorch.callbacks import ProgressBar
+    from regtorch.nn.callbacks import ProgressBar
 
     train(
         LinearModule(3),

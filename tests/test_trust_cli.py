@@ -511,8 +511,19 @@ def test_a_seed_beyond_64_bits_is_refused_at_parse_time(capsys, table):
 def test_a_network_too_large_for_memory_is_refused_before_it_is_built(capsys, table):
     path, _ = table
     line = error(
-        capsys, "fit", path, "--target", "y", "--features", "a,b", "--model", "mlp",
-        "--hidden", "100000,100000", "--epochs", "1",
+        capsys,
+        "fit",
+        path,
+        "--target",
+        "y",
+        "--features",
+        "a,b",
+        "--model",
+        "mlp",
+        "--hidden",
+        "100000,100000",
+        "--epochs",
+        "1",
     )
     assert "10,000,500,001 parameters" in line and "choose smaller hidden layers" in line
 
@@ -537,8 +548,19 @@ def test_fit_piped_into_head_still_writes_its_model(table, tmp_path):
     path, _ = table
     dest = tmp_path / "m"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "regtorch", "fit", str(path), "--target", "y",
-         "--features", "a,b", "--out", str(dest)],
+        [
+            sys.executable,
+            "-m",
+            "regtorch",
+            "fit",
+            str(path),
+            "--target",
+            "y",
+            "--features",
+            "a,b",
+            "--out",
+            str(dest),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"},

@@ -16,10 +16,11 @@ from sklearn.metrics import r2_score as sk_r2
 
 import regtorch
 from regtorch import ElasticNet, Lasso, LinearRegression, Ridge
+from regtorch.data import TableSource
+from regtorch.linear import stream_fit_linear
+from regtorch.linear.solvers import RankWarning
 from regtorch.metrics import mean_squared_error, r2_score, regression_report
-from regtorch.solvers import RankWarning
-from regtorch.streaming import TableSource, stream_fit_linear
-from regtorch.training import TrainingDivergedError
+from regtorch.nn.loop import TrainingDivergedError
 
 X_D, Y_D = load_diabetes(return_X_y=True)
 N = 200
@@ -196,9 +197,9 @@ def test_diverging_adam_raises():
 def test_divergence_check_covers_lbfgs():
     import torch
 
-    from regtorch.estimators.linear import _check_not_diverged
-    from regtorch.modules import LinearModule
-    from regtorch.training import History
+    from regtorch.linear.estimators import _check_not_diverged
+    from regtorch.nn.loop import History
+    from regtorch.nn.modules import LinearModule
 
     module = LinearModule(2, 1, bias=False).to(torch.float64)
     with torch.no_grad():

@@ -14,11 +14,11 @@ from safetensors.torch import save_file
 import regtorch
 from regtorch import MLPRegressor
 from regtorch._files import INTEGRITY_KEY, dump_safetensors, read_safetensors
-from regtorch.callbacks import Checkpoint
-from regtorch.checkpoint import CheckpointError, load_checkpoint
 from regtorch.io import ModelFileError
-from regtorch.modules import MLP
-from regtorch.training import Callback, train
+from regtorch.nn.callbacks import Checkpoint
+from regtorch.nn.checkpoint import CheckpointError, load_checkpoint
+from regtorch.nn.loop import Callback, train
+from regtorch.nn.modules import MLP
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(80, 3))
@@ -227,7 +227,7 @@ class _Stop(Callback):
 
 def interrupt_after(monkeypatch, n):
     """Make every MLP fit see a Ctrl-C after ``n`` complete epochs."""
-    import regtorch.training as training
+    import regtorch.nn.loop as training
 
     real = training.train
 

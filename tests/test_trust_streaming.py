@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from regtorch import LinearRegression, streaming
+from regtorch import LinearRegression
 from regtorch.cli import main
-from regtorch.data import DataError
-from regtorch.streaming import TableSource, parse_memory, stream_fit_linear
+from regtorch.data import DataError, TableSource, parse_memory
+from regtorch.data import table as streaming
+from regtorch.linear import stream_fit_linear
 
 
 def make_table(n=2000, seed=0):
@@ -296,7 +297,7 @@ def test_ranks_read_every_row_exactly_once(tiny_groups, monkeypatch, world, epoc
     src = TableSource(d / "tiny.parquet", "y", batch_rows=1000)
     seen, per_rank = [], []
     for rank in range(world):
-        monkeypatch.setattr(streaming, "_rank_world", lambda r=rank: (r, world))
+        monkeypatch.setattr(streaming, "rank_world", lambda r=rank: (r, world))
         rows = np.concatenate([b.rows for b in src.batches(epoch_seed=epoch_seed)])
         seen.append(rows)
         per_rank.append(len(rows))

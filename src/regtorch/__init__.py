@@ -8,23 +8,27 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from regtorch import _compat
+
 __version__ = "0.1.0"
 
 _LAZY = {
-    "LinearRegression": "regtorch.estimators.linear",
-    "Ridge": "regtorch.estimators.linear",
-    "Lasso": "regtorch.estimators.linear",
-    "ElasticNet": "regtorch.estimators.linear",
-    "MLPRegressor": "regtorch.estimators.mlp",
-    "History": "regtorch.training",
+    "LinearRegression": "regtorch.linear.estimators",
+    "Ridge": "regtorch.linear.estimators",
+    "Lasso": "regtorch.linear.estimators",
+    "ElasticNet": "regtorch.linear.estimators",
+    "MLPRegressor": "regtorch.nn.mlp",
+    "History": "regtorch.nn.loop",
     "save": "regtorch.io",
     "load": "regtorch.io",
-    "train": "regtorch.training",
+    "train": "regtorch.nn.loop",
     "make_line": "regtorch.datasets",
     "make_sine": "regtorch.datasets",
 }
 
 __all__ = ["__version__", *_LAZY]
+
+_compat.install()
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Rank and world helpers for ``torchrun`` launches: process-group set-up and tear-down.
+"""Every collective regtorch uses, and the process-group set-up and tear-down for ``torchrun``.
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` (or a rendezvous
 endpoint); :func:`init_from_env` joins that group with gloo (CPU) or NCCL (CUDA) and a
@@ -12,7 +12,18 @@ import os
 
 import torch
 
-__all__ = ["init_from_env", "is_distributed", "rank", "shutdown", "world_size"]
+__all__ = [
+    "all_gather",
+    "barrier",
+    "init_from_env",
+    "is_distributed",
+    "rank",
+    "rank_world",
+    "reduce_min",
+    "reduce_sum",
+    "shutdown",
+    "world_size",
+]
 
 
 def is_distributed() -> bool:
@@ -65,3 +76,51 @@ def shutdown() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def rank_world() -> tuple[int, int]:
+    """``(rank, world size)``; ``(0, 1)`` outside a process group."""
+    return rank(), world_size()
+
+
+def all_gather(t: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's ``t`` (same shape on all ranks), in rank order; ``[t]`` outside a group.
+
+    Callers merge the parts in rank order, so every rank computes the same result.
+    """
+    import torch.distributed as dist
+
+    if not is_distributed():
+        return [t]
+    t = t.contiguous()
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t)
+    return parts
+
+
+def reduce_min(value: float) -> float:
+    """The smallest ``value`` over ranks (identity outside a process group)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return float(t[0])
+
+
+def reduce_sum(values: list[float]) -> list[float]:
+    """Sum floats over ranks (identity outside a process group)."""
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    if is_distributed():
+        dist.all_reduce(t)
+    return [float(v) for v in t.tolist()]
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op outside a process group)."""
+    import torch.distributed as dist
+
+    if is_distributed():
+        dist.barrier()

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from regtorch.callbacks import ProgressBar
 from regtorch.datasets import ReferenceData, make_line, make_sine
 from regtorch.metrics import mean_squared_error, r2_score
-from regtorch.modules import MLP, LinearModule
-from regtorch.training import Callback, History, train
+from regtorch.nn.callbacks import ProgressBar
+from regtorch.nn.loop import Callback, History, train
+from regtorch.nn.modules import MLP, LinearModule
 
 __all__ = ["REFERENCE_EPOCHS", "run_demo", "run_fast_sine", "run_reference"]
 
@@ -86,7 +86,7 @@ def run_reference(
 
 def run_fast_line(data: ReferenceData) -> tuple[dict[str, Any], Any]:
     """Exact least squares (regtorch's ``LinearRegression``, float64)."""
-    from regtorch.estimators.linear import LinearRegression
+    from regtorch.linear.estimators import LinearRegression
 
     t0 = time.perf_counter()
     model = LinearRegression().fit(data.X_train, data.y_train)
@@ -106,7 +106,7 @@ def run_fast_sine(
 ) -> tuple[dict[str, Any], Callable[[np.ndarray], np.ndarray], History]:
     """regtorch's default ``MLPRegressor`` (standardised, MLP 32-32-32, full-batch Adam with
     cosine decay, early stopping on 10% of the training rows)."""
-    from regtorch.estimators.mlp import MLPRegressor
+    from regtorch.nn.mlp import MLPRegressor
 
     t0 = time.perf_counter()
     model = MLPRegressor(random_state=FAST_SINE_SEED).fit(data.X_train, data.y_train.ravel())

@@ -221,7 +221,7 @@ def _check_extra(extra: Any, n_features: int) -> dict[str, Any]:
         raise ValueError("'extra' metadata must be an object")
     enc = extra.get("encoder")
     if enc is not None:
-        from regtorch.data import Encoder
+        from regtorch.data.schema import Encoder
 
         cats = enc.get("categories", {}) if isinstance(enc, dict) else None
         ok = (
@@ -248,8 +248,9 @@ def _check_extra(extra: Any, n_features: int) -> dict[str, Any]:
 
 
 def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
-    from regtorch.estimators import ElasticNet, Lasso, LinearRegression, MLPRegressor, Ridge
-    from regtorch.training import History
+    from regtorch.linear.estimators import ElasticNet, Lasso, LinearRegression, Ridge
+    from regtorch.nn.loop import History
+    from regtorch.nn.mlp import MLPRegressor
 
     classes = {c.__name__: c for c in (LinearRegression, Ridge, Lasso, ElasticNet, MLPRegressor)}
     cls = classes[meta["class"]]
@@ -297,7 +298,7 @@ def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
         return est
     import copy
 
-    from regtorch.modules import MLP
+    from regtorch.nn.modules import MLP
 
     sizes = params["hidden_layer_sizes"]
     sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)

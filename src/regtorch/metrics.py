@@ -7,10 +7,13 @@ All sums run in float64 whatever the input dtype, and R2 uses centred second mom
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from regtorch.data.table import TableSource
 
 __all__ = [
     "RegressionMetrics",
@@ -267,3 +270,66 @@ def regression_report(y_true: Any, y_pred: Any, force_finite: bool = True) -> di
         "rmse": float(root_mean_squared_error(y_true, y_pred)),
         "mae": float(mean_absolute_error(y_true, y_pred)),
     }
+
+
+def _all_reduce_metrics(acc: RegressionMetrics, k: int) -> RegressionMetrics:
+    """Merge every rank's accumulator, in rank order."""
+    from regtorch import distributed
+
+    if not distributed.is_distributed():
+        return acc
+    z = torch.zeros(k, dtype=torch.float64)
+    mine = torch.cat(
+        [
+            torch.tensor([acc.n], dtype=torch.float64),
+            *(z if v is None else v.cpu() for v in (acc.mean, acc.m2, acc.sse, acc.sae)),
+        ]
+    )
+    total = RegressionMetrics()
+    for t in distributed.all_gather(mine):
+        if float(t[0]) > 0:
+            total.merge(
+                RegressionMetrics(float(t[0]), *(t[1 + i * k : 1 + (i + 1) * k] for i in range(4)))
+            )
+    return total
+
+
+def stream_metrics(
+    estimator: Any,
+    source: TableSource,
+    *,
+    test_fraction: float,
+    seed: int = 0,
+    missing: str = "error",
+    sample: int = 5000,
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """R2, MSE, RMSE and MAE on the held-out rows, reduced across ranks.
+
+    Also returns up to ``sample`` (true, predicted) rows of this rank, for plots.
+    """
+    from regtorch.data.split import hash01
+
+    acc = RegressionMetrics()
+    linear = hasattr(estimator, "coef_")
+    ys, ps, kept = [], [], 0
+    for b in source.batches(missing):
+        sel = hash01(b.rows, seed) < test_fraction
+        if sel.any():
+            if linear:  # the linear prediction, without per-batch input checks
+                coef, icpt = np.atleast_2d(estimator.coef_), np.atleast_1d(estimator.intercept_)
+                pred = b.X[sel] @ coef.T + icpt
+            else:
+                import pandas as pd
+
+                frame = pd.DataFrame(b.X[sel], columns=source.features)
+                pred = estimator.predict(frame).reshape(int(sel.sum()), -1)
+            acc.update(b.y[sel], pred)
+            if kept < sample:
+                ys.append(b.y[sel][: sample - kept])
+                ps.append(pred[: sample - kept])
+                kept += len(ys[-1])
+    acc = _all_reduce_metrics(acc, len(source.targets))
+    k = len(source.targets)
+    y_s = np.vstack(ys) if ys else np.zeros((0, k))
+    p_s = np.vstack(ps) if ps else np.zeros((0, k))
+    return acc.compute(force_finite=False), y_s, p_s

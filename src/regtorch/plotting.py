@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from regtorch.training import History
+from regtorch.nn.loop import History
 
 __all__ = ["plot_fit", "plot_loss_curves", "plot_predicted_vs_true", "plot_residuals"]
 

@@ -1,6 +1,6 @@
 """Turn a table into checked float64 (X, y): targets, features, missing values, categories.
 
-Files are read by :mod:`regtorch.readers`. Every problem a user can cause raises
+Files are read by :mod:`regtorch.data.readers`. Every problem a user can cause raises
 :class:`DataError` (a ``ValueError``) with one line that names the problem, the place (file,
 column, line) and what to do.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from regtorch.readers import (
+from regtorch.data.readers import (
     DESIGN_MEMORY_SHARE,
     LIMIT_ENV,
     SUPPORTED,

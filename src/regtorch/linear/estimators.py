@@ -13,21 +13,21 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
-from regtorch.estimators._base import (
+from regtorch._base import (
     check_gram_range,
     check_param,
     data_fingerprint,
     validate_fit_input,
     validate_predict_input,
 )
-from regtorch.solvers import (
+from regtorch.linear.solvers import (
     GramState,
     elastic_net,
     enet_duality_gap,
     gram_state,
     solve_least_squares,
 )
-from regtorch.training import TrainingDivergedError
+from regtorch.nn.loop import TrainingDivergedError
 
 __all__ = ["ElasticNet", "Lasso", "LinearRegression", "Ridge"]
 
@@ -76,9 +76,9 @@ def _gradient_fit(
     est: Any, X: torch.Tensor, y: torch.Tensor, sw: torch.Tensor | None, alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train a linear module (the tutorial's way) on the standardised, centred design."""
-    from regtorch.modules import LinearModule
-    from regtorch.solvers import center_and_weight
-    from regtorch.training import train
+    from regtorch.linear.solvers import center_and_weight
+    from regtorch.nn.loop import train
+    from regtorch.nn.modules import LinearModule
 
     c = center_and_weight(X, y, sw, est.fit_intercept)
     n, p = c.X.shape
@@ -95,7 +95,7 @@ def _gradient_fit(
     const = sx <= 64 * torch.finfo(torch.float64).eps * c.X_offset.abs()
     Xc = torch.where(const, torch.zeros_like(c.X), c.X)
     if bool(const.any()):
-        from regtorch.solvers import RankWarning
+        from regtorch.linear.solvers import RankWarning
 
         warnings.warn(
             f"Column(s) {torch.nonzero(const).flatten().tolist()} (0-based) are constant to "
@@ -215,7 +215,7 @@ class LinearRegression(_LinearBase):
         ``"qr (fallback from cholesky: scaled Gram condition number 3.1e+16 > 1e+10)"``.
     n_iter_ : int
         Epochs run by a gradient solver; 1 for a closed form.
-    history_ : regtorch.training.History
+    history_ : regtorch.nn.loop.History
         Loss curves, gradient solvers only.
 
     Examples
@@ -299,7 +299,7 @@ class LinearRegression(_LinearBase):
         sst: np.ndarray,
     ) -> dict[str, Any]:
         """Fit statistics with the residuals of the reported coefficients in double-double."""
-        from regtorch.solvers import extended_sse
+        from regtorch.linear.solvers import extended_sse
 
         Xn = X.detach().cpu().numpy()
         yn = y.detach().cpu().numpy()
@@ -330,9 +330,9 @@ class LinearRegression(_LinearBase):
 
         Returns
         -------
-        regtorch.stats.RegressionSummary
+        regtorch.linear.inference.RegressionSummary
         """
-        from regtorch.stats import summarize
+        from regtorch.linear.inference import summarize
 
         check_is_fitted(self, "coef_")
         return summarize(
@@ -347,7 +347,7 @@ class LinearRegression(_LinearBase):
         ndarray of shape (n_samples, 3)
             Columns: prediction, lower bound, upper bound (single-target models).
         """
-        from regtorch.stats import predict_interval
+        from regtorch.linear.inference import predict_interval
 
         check_is_fitted(self, "coef_")
         return predict_interval(self, X, level=level, kind=kind)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from regtorch import _doubledouble as ddm
+from regtorch.linear import doubledouble as ddm
 
 __all__ = [
     "Centered",

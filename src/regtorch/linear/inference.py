@@ -225,7 +225,7 @@ def _robust_se(
             f"cov_type={cov_type!r} needs the training data: pass X=, y= (and sample_weight=) "
             "to summary(); the model keeps only its triangular factor."
         )
-    from regtorch.estimators._base import to_numpy_input, validate_predict_input
+    from regtorch._base import to_numpy_input, validate_predict_input
 
     Xn = validate_predict_input(est, X)
     yn = np.asarray(to_numpy_input(y), dtype=np.float64).reshape(-1)
@@ -234,7 +234,7 @@ def _robust_se(
             f"Found input variables with inconsistent numbers of samples: "
             f"[{Xn.shape[0]}, {yn.shape[0]}]"
         )
-    from regtorch.estimators._base import check_sample_weight, data_fingerprint, same_data
+    from regtorch._base import check_sample_weight, data_fingerprint, same_data
 
     w = check_sample_weight(sample_weight, Xn)
     info = est._fit_info
@@ -276,7 +276,7 @@ def predict_interval(est: Any, X: Any, level: float = 0.95, kind: str = "confide
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     _check_single_target(est)
-    from regtorch.estimators._base import validate_predict_input
+    from regtorch._base import validate_predict_input
 
     s = summarize(est, level=level)
     Xn = validate_predict_input(est, X)

@@ -2,7 +2,7 @@
 
 The hot path keeps losses on the device (no ``.item()`` per step within an epoch); callbacks
 that need a number ask for it through ``TrainState``. Ready-made callbacks (logging,
-progress bar, early stopping, checkpoints) live in :mod:`regtorch.callbacks`.
+progress bar, early stopping, checkpoints) live in :mod:`regtorch.nn.callbacks`.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class TrainState:
         )
 
     def payload(self) -> dict[str, Any]:
-        """Everything an exact resume after this epoch needs (see ``regtorch.checkpoint``)."""
+        """Everything an exact resume after this epoch needs (see ``regtorch.nn.checkpoint``)."""
         return {
             "epoch": self.epoch + 1,
             "epochs": self.epochs,
@@ -381,7 +381,7 @@ def train(
         With a ``seed``, re-initialise the weights (False continues from the current
         weights; the seed then fixes only the batch order).
     resume_from : path, optional
-        A checkpoint written by :class:`regtorch.callbacks.Checkpoint` during a run with the
+        A checkpoint written by :class:`regtorch.nn.callbacks.Checkpoint` during a run with the
         same arguments: training continues after its epoch and ends exactly as the
         uninterrupted run would (same weights, same History).
 
@@ -399,7 +399,7 @@ def train(
 
     Examples
     --------
-    >>> from regtorch.modules import LinearModule
+    >>> from regtorch.nn.modules import LinearModule
     >>> X = torch.linspace(0, 1, 20).reshape(-1, 1); y = 2 * X + 1
     >>> h = train(LinearModule(1), X, y, lr=0.1, epochs=50, seed=0)
     >>> len(h.train_loss)
@@ -461,7 +461,7 @@ def _buf_dtype(dev: torch.device) -> torch.dtype:
 
 def _restore(state: TrainState, path: str | os.PathLike[str], lr_schedule: str | None) -> int:
     """Load a checkpoint into the loop's objects; return the epoch to start from."""
-    from regtorch.checkpoint import CheckpointError, load_checkpoint
+    from regtorch.nn.checkpoint import CheckpointError, load_checkpoint
 
     ck = load_checkpoint(path)
     try:
@@ -478,7 +478,7 @@ def _restore(state: TrainState, path: str | os.PathLike[str], lr_schedule: str |
 def _restore_from(
     state: TrainState, ck: dict[str, Any], path: str | os.PathLike[str], lr_schedule: str | None
 ) -> int:
-    from regtorch.checkpoint import CheckpointError
+    from regtorch.nn.checkpoint import CheckpointError
 
     if int(ck["epochs"]) != state.epochs:
         raise CheckpointError(

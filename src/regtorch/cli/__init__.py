@@ -241,7 +241,7 @@ def _check_finite_predictions(pred: Any, df: Any, rows: Any, what: str) -> None:
     """Refuse NaN or infinite predictions, naming where (``rows``: positions in ``df``)."""
     import numpy as np
 
-    from regtorch.data import where
+    from regtorch.data.schema import where
 
     bad = ~np.isfinite(np.asarray(pred, dtype=np.float64).reshape(len(rows), -1)).all(axis=1)
     if not bad.any():
@@ -285,7 +285,7 @@ def _coef_table(est: Any, names: list[str]) -> tuple[list[str], list[list[Any]]]
 
 
 def _memory_limit(args: argparse.Namespace) -> int:
-    from regtorch.streaming import default_memory_limit, parse_memory
+    from regtorch.data.memory import default_memory_limit, parse_memory
 
     if args.memory_limit is None:
         return default_memory_limit()
@@ -315,7 +315,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _fit_in_memory(args: argparse.Namespace, out: Path | None) -> int:
-    from regtorch.data import prepare, read_table
+    from regtorch.data.schema import prepare, read_table
 
     df = read_table(args.data, sep=args.sep, encoding=args.encoding)
     targets = args.target.split(",")
@@ -426,7 +426,10 @@ def _fit_streaming(args: argparse.Namespace, out: Path | None) -> int:
 
 def _fit_streaming_in_group(args: argparse.Namespace, out: Path | None) -> int:
     from regtorch import distributed
-    from regtorch.streaming import TableSource, stream_fit_linear, stream_fit_mlp, stream_metrics
+    from regtorch.data.table import TableSource
+    from regtorch.linear.streamed import stream_fit_linear
+    from regtorch.metrics import stream_metrics
+    from regtorch.nn.streamed import stream_fit_mlp
 
     rank, world = distributed.rank(), distributed.world_size()
     source = TableSource(
@@ -489,7 +492,7 @@ def _fit_streaming_in_group(args: argparse.Namespace, out: Path | None) -> int:
         _say()
         _say(format_table(*coef))
     if out is not None:
-        from regtorch.data import Encoder
+        from regtorch.data.schema import Encoder
 
         record = {
             "model": type(est).__name__,
@@ -623,7 +626,7 @@ def _load(path: str) -> Any:
 
 
 def _encoder(est: Any) -> Any:
-    from regtorch.data import Encoder
+    from regtorch.data.schema import Encoder
 
     enc = est.model_extra_.get("encoder")
     if enc is None:  # saved from Python without the CLI's encoder: columns are the features
@@ -642,7 +645,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if Path(dest).exists() and not args.force:
             raise UserError(f"{dest} exists; use --force to replace it.")
     est = _load(args.model)
-    from regtorch.data import read_table
+    from regtorch.data.schema import read_table
 
     enc = _encoder(est)
     if args.unknown_category:
@@ -678,7 +681,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     est = _load(args.model)
-    from regtorch.data import prepare, read_table
+    from regtorch.data.schema import prepare, read_table
 
     enc = _encoder(est)
     targets = args.target.split(",") if args.target else est.model_extra_.get("target")

@@ -16,10 +16,10 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
+from regtorch._base import check_param, validate_fit_input, validate_predict_input
 from regtorch._validation import resolve_device
-from regtorch.callbacks import EarlyStopping
-from regtorch.estimators._base import check_param, validate_fit_input, validate_predict_input
-from regtorch.training import TrainState
+from regtorch.nn.callbacks import EarlyStopping
+from regtorch.nn.loop import TrainState
 
 __all__ = ["MLPRegressor"]
 
@@ -77,7 +77,7 @@ BYTES_PER_PARAMETER = 40
 
 def _check_network_size(n_in: int, sizes: tuple[int, ...], n_out: int) -> None:
     """Refuse, before building it, a network that cannot fit in the memory available."""
-    from regtorch.readers import available_memory
+    from regtorch.data.readers import available_memory
 
     widths = (n_in, *sizes, n_out)
     n_params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
@@ -239,8 +239,8 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
 
     Attributes
     ----------
-    module_ : regtorch.modules.MLP
-    history_ : regtorch.training.History
+    module_ : regtorch.nn.modules.MLP
+    history_ : regtorch.nn.loop.History
     n_iter_ : int
         Epochs run.
     best_epoch_ : int
@@ -309,7 +309,7 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
         self.checkpoint_every = checkpoint_every
 
     def _check_params(self) -> None:
-        from regtorch.modules import ACTIVATIONS
+        from regtorch.nn.modules import ACTIVATIONS
 
         sizes = self.hidden_layer_sizes
         if isinstance(sizes, numbers.Integral):
@@ -392,9 +392,9 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
             A checkpoint written by a run with the same parameters and data
             (``checkpoint_path``): training continues from it and ends as that run would.
         """
-        from regtorch.callbacks import Checkpoint, ProgressBar
-        from regtorch.modules import MLP
-        from regtorch.training import Callback, train
+        from regtorch.nn.callbacks import Checkpoint, ProgressBar
+        from regtorch.nn.loop import Callback, train
+        from regtorch.nn.modules import MLP
 
         self._check_params()
         if (X_val is None) != (y_val is None):
