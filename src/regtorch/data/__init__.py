@@ -1,4 +1,5 @@
-"""Data sources: tables read in memory or in batches, one schema check, one encoder, one split.
+"""Data sources (arrays in memory, tables on disk in batches), one schema check, one encoder,
+one split.
 
 Names load on first use, so importing a submodule stays cheap.
 """
@@ -18,6 +19,9 @@ _LAZY = {
     "default_memory_limit": "regtorch.data.memory",
     "parse_memory": "regtorch.data.memory",
     "hash01": "regtorch.data.split",
+    "assign": "regtorch.data.split",
+    "ArraySource": "regtorch.data.source",
+    "sample_weights": "regtorch.data.schema",
 }
 
 __all__ = sorted(_LAZY)

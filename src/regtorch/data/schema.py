@@ -25,7 +25,16 @@ from regtorch.data.readers import (
     where,
 )
 
-__all__ = ["DataError", "Encoder", "SUPPORTED", "design_limit", "prepare", "read_table", "where"]
+__all__ = [
+    "DataError",
+    "Encoder",
+    "SUPPORTED",
+    "design_limit",
+    "prepare",
+    "read_table",
+    "sample_weights",
+    "where",
+]
 
 # a categorical column with more distinct values than this is probably an identifier
 MAX_LEVELS = 1000
@@ -202,9 +211,16 @@ def missing_masks(df: Any, cols: list[str], text: Collection[str]) -> dict[str, 
 
 def missing_message(df: Any, bad: dict[str, np.ndarray], remedy: str) -> str:
     """``Missing or infinite values in column(s) 'a' (2) at t.csv lines 3, 9; <remedy>.``"""
-    listing = ", ".join(f"{c!r} ({int(m.sum())})" for c, m in bad.items())
     rows = np.logical_or.reduce(list(bad.values()))
-    return f"Missing or infinite values in column(s) {listing} at {where(df, rows)}; {remedy}."
+    return (
+        f"Missing or infinite values in column(s) {missing_counts(bad)} at {where(df, rows)}; "
+        f"{remedy}."
+    )
+
+
+def missing_counts(bad: dict[str, np.ndarray]) -> str:
+    """``'a' (2), 'b' (1)``: the columns with missing values and how many each."""
+    return ", ".join(f"{c!r} ({int(m.sum())})" for c, m in bad.items())
 
 
 def check_design_size(
@@ -252,6 +268,7 @@ def prepare(
     encoder: Encoder | None = None,
     max_levels: int = MAX_LEVELS,
     max_bytes: int | None = None,
+    weight: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Encoder, Any]:
     """Check a table and split it into float64 ``X`` and ``y``.
 
@@ -262,7 +279,7 @@ def prepare(
     target : str or list of str
         Target column(s).
     features : list of str or None
-        Input columns; default all other columns.
+        Input columns; default all other columns (the weight column excepted).
     categorical : {"error", "onehot"}
         What to do with text columns among the features. A text column that is almost all
         numbers (a typo in a numeric column) is an error either way.
@@ -275,6 +292,10 @@ def prepare(
         Most categories a one-hot column may have.
     max_bytes : int, optional
         Most bytes the encoded ``X`` may take (default :func:`design_limit`).
+    weight : str, optional
+        A column of sample weights: never a feature, checked like the other used columns
+        (a missing weight follows ``missing``), finite and >= 0. Take the values of the kept
+        rows with :func:`sample_weights`.
 
     Returns
     -------
@@ -291,43 +312,35 @@ def prepare(
     """
     targets = [target] if isinstance(target, str) else list(target)
     cols = [str(c) for c in df.columns]
-    _no_duplicates(targets, "target")
-    absent = [t for t in targets if t not in cols]
-    if absent:
-        raise DataError(f"Target column {', '.join(map(repr, absent))} not found; {_listing(cols)}")
-    for t in targets:
-        _check_target(df, t)
+    _check_targets(df, cols, targets)
+    extra = [] if weight is None else [weight]
+    if weight is not None:
+        _check_weight_column(cols, targets, features, weight)
+        _check_target(df, weight, "Weight")
     if encoder is None:
-        feats = _feature_columns(cols, targets, features)
-        empty = [
-            f
-            for f in feats
-            if df[f].isna().all() or (not _is_numeric(df[f]) and _as_text(df[f]).isna().all())
-        ]
-        if empty:
-            raise DataError(
-                f"Feature column(s) {', '.join(map(repr, empty))} have no values (all missing); "
-                "drop them with --features."
-            )
-        text = [f for f in feats if not _is_numeric(df[f])]
-        for f in text:
-            _check_not_almost_numeric(df, f, categorical)
-        if text and categorical != "onehot":
-            listing = ", ".join(
-                f"{f!r}"
-                + (f" (e.g. {_example(df, f, m)})" if (m := _not_numbers(df, f)).any() else "")
-                for f in text
-            )
-            raise DataError(
-                f"Non-numeric feature column(s): {listing}; drop them with --features or encode "
-                "them with --categorical onehot."
-            )
+        feats, text = _new_features(df, cols, targets, features, categorical, weight)
         categories: Collection[str] = text
     else:
         feats, categories = encoder.features, encoder.categories
     old = [] if encoder is None else [c for c, v in encoder.categories.items() if "" in v]
-    used = [c for c in feats if c not in old] + targets
-    bad = missing_masks(df, used, categories)
+    used = [c for c in feats if c not in old] + targets + extra
+    df, kept = _drop_missing(df, used, categories, missing)
+    if weight is not None:
+        sample_weights(df, weight)
+    if encoder is None:
+        cats = {f: sorted(text_levels(df[f])) for f in text}
+        _check_levels(cats, max_levels)
+        encoder = Encoder(feats, cats, unknown_category)
+    y = np.column_stack([_numeric(df, t) for t in targets])
+    X = encoder.transform(df, max_bytes=max_bytes)
+    return X, y, encoder, kept
+
+
+def _drop_missing(
+    df: Any, used: list[str], text: Collection[str], missing: str
+) -> tuple[Any, np.ndarray]:
+    """The rows complete in the ``used`` columns and their mask; an error unless "drop"."""
+    bad = missing_masks(df, used, text)
     kept = np.ones(len(df), dtype=bool)
     if bad:
         if missing != "drop":
@@ -338,29 +351,108 @@ def prepare(
         df = df[kept]
         if len(df) == 0:
             raise DataError("No rows left after dropping the rows with missing values.")
-    if encoder is None:
-        cats = {f: sorted(_as_text(df[f]).dropna().unique().tolist()) for f in text}
-        _check_levels(cats, max_levels)
-        encoder = Encoder(feats, cats, unknown_category)
-    y = np.column_stack([_numeric(df, t) for t in targets])
-    X = encoder.transform(df, max_bytes=max_bytes)
-    return X, y, encoder, kept
+    return df, kept
 
 
-def _check_target(df: Any, t: str) -> None:
+def sample_weights(df: Any, weight: str, kept: Any = None) -> np.ndarray:
+    """The weight column of the ``kept`` rows as float64, checked finite and >= 0."""
+    frame = df if kept is None else df[np.asarray(kept)]
+    w = _numeric(frame, weight)
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        place = where(frame, np.arange(len(w)) == first)
+        raise DataError(bad_weights_message(weight, int(bad.sum()), float(w[first]), place))
+    return w
+
+
+def bad_weights_message(col: str, count: int, value: float, place: str) -> str:
+    """The one message for negative, infinite or missing sample weights."""
+    return (
+        f"Weight column {col!r}: sample weights must be finite and >= 0; {count} value(s) are "
+        f"not, the first {value!r} at {place}."
+    )
+
+
+def text_levels(s: Any) -> set[str]:
+    """The distinct present values of a column read as text (the categories it holds)."""
+    return set(_as_text(s).dropna().unique().tolist())
+
+
+def _check_targets(df: Any, cols: list[str], targets: list[str]) -> None:
+    """Target columns given once, present and numeric."""
+    _no_duplicates(targets, "target")
+    absent = [t for t in targets if t not in cols]
+    if absent:
+        raise DataError(f"Target column {', '.join(map(repr, absent))} not found; {_listing(cols)}")
+    for t in targets:
+        _check_target(df, t)
+
+
+def _new_features(
+    df: Any,
+    cols: list[str],
+    targets: list[str],
+    features: list[str] | None,
+    categorical: str,
+    weight: str | None,
+) -> tuple[list[str], list[str]]:
+    """The feature columns and which of them are text, checked for a new encoder."""
+    feats = _feature_columns(cols, targets, features, weight)
+    empty = [
+        f
+        for f in feats
+        if df[f].isna().all() or (not _is_numeric(df[f]) and _as_text(df[f]).isna().all())
+    ]
+    if empty:
+        raise DataError(
+            f"Feature column(s) {', '.join(map(repr, empty))} have no values (all missing); "
+            "drop them with --features."
+        )
+    text = [f for f in feats if not _is_numeric(df[f])]
+    for f in text:
+        _check_not_almost_numeric(df, f, categorical)
+    if text and categorical != "onehot":
+        listing = ", ".join(
+            f"{f!r}" + (f" (e.g. {_example(df, f, m)})" if (m := _not_numbers(df, f)).any() else "")
+            for f in text
+        )
+        raise DataError(
+            f"Non-numeric feature column(s): {listing}; drop them with --features or encode "
+            "them with --categorical onehot."
+        )
+    return feats, text
+
+
+def _check_target(df: Any, t: str, what: str = "Target") -> None:
     if df[t].isna().all():
-        raise DataError(f"Target column {t!r} has no values.")
+        raise DataError(f"{what} column {t!r} has no values.")
     if not _is_numeric(df[t]):
         bad = _not_numbers(df, t)
         example = f"{_example(df, t, bad)}, {bad.sum()} such value(s)" if bad.any() else ""
-        raise DataError(
-            f"Target column {t!r} is not numeric ({example or df[t].dtype}); regression needs "
-            "a number."
-        )
+        needs = "regression needs a number" if what == "Target" else "weights are numbers"
+        raise DataError(f"{what} column {t!r} is not numeric ({example or df[t].dtype}); {needs}.")
 
 
-def _feature_columns(cols: list[str], targets: list[str], features: list[str] | None) -> list[str]:
-    feats = [c for c in cols if c not in targets] if features is None else list(features)
+def _check_weight_column(
+    cols: list[str], targets: list[str], features: list[str] | None, weight: str
+) -> None:
+    """The weight column exists and is neither a target nor a feature."""
+    if weight not in cols:
+        raise DataError(f"Weight column {weight!r} not found; {_listing(cols)}")
+    role = "the target" if weight in targets else "a feature"
+    if weight in targets or (features is not None and weight in features):
+        raise DataError(f"Column {weight!r} cannot be both the sample weights and {role}.")
+
+
+def _feature_columns(
+    cols: list[str], targets: list[str], features: list[str] | None, weight: str | None = None
+) -> list[str]:
+    """The feature columns (default: all but the targets and the weight), checked."""
+    if weight is not None:
+        _check_weight_column(cols, targets, features, weight)
+    others = [c for c in cols if c not in targets and c != weight]
+    feats = others if features is None else list(features)
     _no_duplicates(feats, "feature")
     both = [f for f in feats if f in targets]
     if both:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from regtorch.data.csvfile import CsvReading
 from regtorch.data.memory import (
     BYTES_PER_VALUE,
     CSV_BLOCK_BYTES,
@@ -28,7 +29,18 @@ from regtorch.data.memory import (
     default_memory_limit,
 )
 from regtorch.data.readers import DataError, _check_unique
-from regtorch.data.schema import _feature_columns, _listing, _no_duplicates
+from regtorch.data.schema import (
+    MAX_LEVELS,
+    Encoder,
+    _check_levels,
+    _feature_columns,
+    _listing,
+    _no_duplicates,
+    bad_weights_message,
+    missing_counts,
+    missing_masks,
+    text_levels,
+)
 from regtorch.distributed import rank_world
 
 __all__ = ["Batch", "TableSource"]
@@ -52,11 +64,16 @@ def _batch_matrix(rb: Any, cols: list[str]) -> np.ndarray:
 
 @dataclass
 class Batch:
-    """Rows of a table: ``Z = [X, y]`` (n, p + k), column-major, and global row indices."""
+    """Rows of a table: ``Z = [X, y]`` (n, p + k), column-major, global row indices, weights.
+
+    ``rows`` are positions in the whole table (0-based), whatever the batch size, budget or
+    number of ranks; ``w`` holds the sample weights (n,) or is None.
+    """
 
     Z: np.ndarray
     rows: np.ndarray
     p: int
+    w: np.ndarray | None = None
 
     @property
     def X(self) -> np.ndarray:
@@ -67,7 +84,7 @@ class Batch:
         return self.Z[:, self.p :]
 
 
-class TableSource:
+class TableSource(CsvReading):
     """A table too large for memory, read in batches.
 
     Parameters
@@ -91,6 +108,27 @@ class TableSource:
         quarter of the machine's memory.
     batch_rows : int or None
         Overrides the size derived from ``memory_limit``.
+    sep, encoding : str
+        The CSV delimiter (sniffed when None) and text encoding.
+    weight : str or None
+        A numeric column of sample weights, read with each batch (``Batch.w``); never a
+        feature. A missing weight follows ``missing`` like any used column; a negative one
+        is an error naming the file and row.
+    categorical : {"error", "onehot"}
+        Text columns among the features: an error, or one-hot encoded by the same
+        :class:`~regtorch.data.schema.Encoder` as in memory, its levels found by a first
+        pass over the rows complete in every used column (as ``prepare`` finds them).
+    max_levels : int
+        Most categories a one-hot column may have.
+    unknown_category : {"error", "ignore"}
+        Stored in the encoder, for prediction on other data.
+
+    Attributes
+    ----------
+    features : list of str
+        The model's feature names, one-hot indicators included (``encoder.output_names``).
+    encoder : Encoder
+        Maps the input columns to ``features`` (no categories when there is no text).
     """
 
     def __init__(
@@ -102,6 +140,10 @@ class TableSource:
         batch_rows: int | None = None,
         sep: str | None = None,
         encoding: str = "utf-8",
+        weight: str | None = None,
+        categorical: str = "error",
+        max_levels: int = MAX_LEVELS,
+        unknown_category: str = "error",
     ) -> None:
         import codecs
 
@@ -114,7 +156,10 @@ class TableSource:
             )
         if batch_rows is not None and not batch_rows >= 1:
             raise ValueError(f"batch_rows must be a positive number of rows, got {batch_rows}.")
+        _check_choice("categorical", categorical, ("error", "onehot"))
+        _check_choice("unknown_category", unknown_category, ("error", "ignore"))
         self.targets = [target] if isinstance(target, str) else list(target)
+        self.weight = weight
         self.sep = sep
         try:
             self.encoding = codecs.lookup(encoding).name
@@ -138,48 +183,66 @@ class TableSource:
         else:
             names, types = self._csv_schema()
         self.file_bytes = sum(f.stat().st_size for f in self.files)
-        self.features = self._check_columns(names, types, features)
+        inputs, self._text = self._check_columns(names, types, features, categorical)
+        self._columns = inputs + self.targets + ([] if weight is None else [weight])
+        self.encoder = Encoder(inputs, {}, unknown_category)
+        if self._text:
+            self.encoder = Encoder(inputs, self._levels(max_levels), unknown_category)
+        self.features = self.encoder.output_names
         self._set_budget(memory_limit, batch_rows)
 
     def _check_columns(
-        self, names: list[str], types: dict[str, Any], features: list[str] | None
-    ) -> list[str]:
-        """The feature list, after the same checks as the in-memory reader."""
-        import pyarrow.types as pat
-
+        self,
+        names: list[str],
+        types: dict[str, Any],
+        features: list[str] | None,
+        categorical: str,
+    ) -> tuple[list[str], list[str]]:
+        """The input columns and which are text, after the same checks as ``prepare``."""
         _no_duplicates(self.targets, "target")
         absent = [t for t in self.targets if t not in names]
         if absent:
             raise DataError(
                 f"Target column {', '.join(map(repr, absent))} not found; {_listing(names)}"
             )
-
-        def numeric(n: str) -> bool:
-            t = types[n]
-            # a CSV column empty in its first block reads as null: checked when converting
-            return bool(
-                pat.is_integer(t) or pat.is_floating(t) or pat.is_boolean(t) or pat.is_null(t)
-            )
-
         for t in self.targets:
-            if not numeric(t):
+            if not _numeric_type(types[t]):
                 raise DataError(
                     f"Target column {t!r} is not numeric{self._example(t)}; regression needs a "
                     "number."
                 )
-        feats = _feature_columns(names, self.targets, features)  # the in-memory rules
-        text = [f for f in feats if not numeric(f)]
-        if text:
+        # the in-memory rules, the weight column's included
+        feats = _feature_columns(names, self.targets, features, self.weight)
+        if self.weight is not None and not _numeric_type(types[self.weight]):
+            raise DataError(
+                f"Weight column {self.weight!r} is not numeric{self._example(self.weight)}; "
+                "weights are numbers."
+            )
+        text = [f for f in feats if not _numeric_type(types[f])]
+        if text and categorical != "onehot":
             raise DataError(
                 f"Non-numeric feature column(s) {', '.join(map(repr, text))}"
-                f"{self._example(text[0])}: streaming fits take numeric columns only; drop them "
-                "with --features."
+                f"{self._example(text[0])}: drop them with --features or encode them with "
+                "--categorical onehot."
             )
-        return feats
+        return feats, text
+
+    def _levels(self, max_levels: int) -> dict[str, list[str]]:
+        """Categories of the text columns, over the rows complete in every used column."""
+        found: dict[str, set[str]] = {c: set() for c in self._text}
+        for rb, *_ in self._record_batches(0, 1, None, UNIT_ROWS):
+            num, text = self._raw(rb)
+            bad = self._missing(num, text)
+            keep = ~np.logical_or.reduce(list(bad.values())) if bad else None
+            for c in self._text:
+                found[c] |= text_levels(text[c] if keep is None else text[c][keep])
+        cats = {c: sorted(v) for c, v in found.items()}
+        _check_levels(cats, max_levels)
+        return cats
 
     def _set_budget(self, memory_limit: int | None, batch_rows: int | None) -> None:
         """Batch rows from the budget left once the process has started."""
-        width = len(self.features) + len(self.targets)
+        width = len(self.features) + len(self.targets) + (self.weight is not None)
         budget = int(memory_limit or default_memory_limit())
         self.memory_limit = budget
         held = _resident_after_start_up()
@@ -208,7 +271,7 @@ class TableSource:
         loads ~75 MiB): the batches shrink to fit, and a budget with no room left for a
         batch is refused, naming the minimum.
         """
-        width = len(self.features) + len(self.targets)
+        width = len(self.features) + len(self.targets) + (self.weight is not None)
         held = _resident_bytes()
         per_row = BYTES_PER_VALUE * width
         free = self.memory_limit - held - _reading_bytes(self._largest_unit_bytes(width))
@@ -318,185 +381,97 @@ class TableSource:
         sizes = np.diff([*starts, self.n_rows or 0])
         return int(max(sizes, default=0)) * width * 8
 
-    def _csv_schema(self) -> tuple[list[str], dict[str, Any]]:
-        import pyarrow as pa
+    def _raw(self, rb: Any) -> tuple[np.ndarray, Any]:
+        """A record batch as float64 numeric columns (``_columns`` order) and a frame of text."""
+        num = _batch_matrix(rb, [c for c in self._columns if c not in self._text])
+        if not self._text:
+            return num, None
+        import pandas as pd
 
-        f = self.files[0]
-        if f.stat().st_size == 0:
-            raise DataError(f"{f} is empty.")
-        try:
-            schema = self._csv_reader(1 << 16).schema
-            names = list(schema.names)
-        except UnicodeDecodeError as exc:
-            raise DataError(
-                f"{f}: the header is not {self.encoding} text ({exc.reason}, byte "
-                f"{exc.object[exc.start : exc.start + 1]!r}); give the file's encoding with "
-                "--encoding, e.g. latin-1."
-            ) from exc
-        except pa.ArrowInvalid as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if "Empty CSV" in msg:
-                raise DataError(f"{f} is empty.") from exc
-            raise DataError(f"{f} could not be read as CSV: {msg}") from exc
-        _check_unique(names, f)
-        return names, {n: schema.field(n).type for n in names}
+        return num, pd.DataFrame({c: rb.column(c).to_pandas() for c in self._text})
 
-    def _csv_reader(self, block: int, columns: list[str] | None = None) -> Any:
-        import csv
-
-        import pyarrow as pa
-        import pyarrow.csv as pcsv
-
-        sep = self.sep
-        if sep is None:
-            with self._open_text() as fh:
-                head = fh.read(65536)
-            head = head[: head.rfind("\n") + 1] or head  # whole lines only
-            try:
-                sep = csv.Sniffer().sniff(head, delimiters=",;\t|").delimiter
-            except csv.Error:
-                sep = "\t" if self.files[0].suffix.lower() == ".tsv" else ","
-        self.sep = sep
-        convert = pcsv.ConvertOptions()
-        if columns is not None:  # read only the used columns, all as float64
-            convert = pcsv.ConvertOptions(
-                include_columns=columns, column_types={c: pa.float64() for c in columns}
-            )
-        return pcsv.open_csv(
-            self.files[0],
-            read_options=pcsv.ReadOptions(block_size=block, encoding=self.encoding),
-            parse_options=pcsv.ParseOptions(delimiter=sep, newlines_in_values=True),
-            convert_options=convert,
-        )
-
-    def _open_text(self) -> Any:
-        """The CSV as text in its encoding (a UTF-8 byte-order mark skipped, bad bytes as U+FFFD)."""
-        enc = "utf-8-sig" if self.encoding == "utf-8" else self.encoding
-        return self.files[0].open("r", newline="", encoding=enc, errors="replace")
-
-    def _csv_lines(self) -> Iterator[tuple[int, list[str]]]:
-        """(first line number, fields) of each CSV record after the header (error paths)."""
-        import csv
-
-        with self._open_text() as fh:
-            reader = csv.reader(fh, delimiter=self.sep or ",")
-            next(reader, None)
-            line = reader.line_num + 1
-            for fields in reader:
-                if fields:  # pyarrow skips blank lines too
-                    yield line, fields
-                line = reader.line_num + 1
-
-    def _example(self, col: str) -> str:
-        """' (e.g. 'x' at t.csv line 9)': the first value of a CSV column that is no number."""
-        if self.kind != "csv":
-            return ""
-        header = self._csv_header()
-        if col not in header:
-            return ""
-        k = header.index(col)
-        for line, fields in self._csv_lines():
-            if k < len(fields) and _not_a_number(fields[k]):
-                return f" (e.g. {fields[k]!r} at {self.files[0]} line {line})"
-        return ""
-
-    def _where(self, file: Path, row: int) -> str:
-        """'<file> line N' (CSV, 1-based in the file) or '<file> row N' (Parquet, 1-based)."""
-        if self.kind == "csv":
-            for i, (line, _) in enumerate(self._csv_lines()):
-                if i == row:
-                    return f"{file} line {line}"
-        return f"{file} row {row + 1}"
-
-    def _bad_csv_value(self, exc: Exception, first_row: int) -> DataError:
-        """A one-line error naming the file, column, line and value a conversion failed on."""
-        import re
-
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        m = re.search(r"column #(\d+).*invalid value '(.*)'$", text)
-        f = self.files[0]
-        if m is not None:
-            header = self._csv_header()
-            j = int(m.group(1))
-            col = self.features + self.targets
-            name = header[j] if j < len(header) else (col[j] if j < len(col) else f"#{j}")
-            k = header.index(name) if name in header else j
-            for i, (line, fields) in enumerate(self._csv_lines()):
-                if i < first_row or k >= len(fields):
-                    continue
-                value = fields[k]
-                if "\ufffd" in value:
-                    return DataError(
-                        f"{f} line {line}, column {name!r}: the value holds bytes that are not "
-                        f"{self.encoding} text; give the file's encoding with --encoding."
-                    )
-                if _not_a_number(value):
-                    return DataError(
-                        f"{f} line {line}, column {name!r}: {value!r} is not a number; fix it "
-                        "or leave that column out with --features."
-                    )
-            return DataError(
-                f"{f}, column {name!r}: {m.group(2)!r} is not a number; fix it or leave that "
-                "column out with --features."
-            )
-        return DataError(f"{f} could not be read as CSV: {text}")
-
-    def _csv_header(self) -> list[str]:
-        """The CSV's column names as Python's csv module reads them (error paths)."""
-        import csv
-
-        with self._open_text() as fh:
-            return next(csv.reader(fh, delimiter=self.sep or ","), [])
+    def _missing(self, num: np.ndarray, text: Any) -> dict[str, np.ndarray]:
+        """Column -> mask of its missing values (NaN, inf, null, blank text), as ``prepare``."""
+        numeric = [c for c in self._columns if c not in self._text]
+        bad = ~np.isfinite(num)
+        found = {c: bad[:, j] for j, c in enumerate(numeric) if bad[:, j].any()}
+        if text is not None:
+            found.update(missing_masks(text, self._text, self._text))
+        return {c: found[c] for c in self._columns if c in found}
 
     def _to_numpy(self, rb: Any, first_row: int, missing: str, file: Path, local: int) -> Batch:
         """``first_row``: global index of the batch's first row; ``local``: its index in ``file``."""
-        cols = self.features + self.targets
         n = rb.num_rows
-        Z = _batch_matrix(rb, cols)
+        num, text = self._raw(rb)
         rows = np.arange(first_row, first_row + n, dtype=np.int64)
-        bad = ~np.isfinite(Z)
-        if bad.any():
+        bad = self._missing(num, text)
+        if bad:
+            drop = np.logical_or.reduce(list(bad.values()))
             if missing != "drop":
-                counts = {cols[j]: int(v) for j, v in enumerate(bad.sum(0)) if v}
-                listing = ", ".join(f"{c!r} ({v})" for c, v in counts.items())
-                i = int(np.flatnonzero(bad.any(1))[0])
-                j = int(np.flatnonzero(bad[i])[0])
+                i = int(np.flatnonzero(drop)[0])
+                col = next(c for c, m in bad.items() if m[i])
                 raise DataError(
-                    f"Missing or infinite values in column(s) {listing} among {n} rows read; "
-                    f"the first is in column {cols[j]!r} at {self._where(file, local + i)}; fix "
-                    "them or use --missing drop."
+                    f"Missing or infinite values in column(s) {missing_counts(bad)} among {n} "
+                    f"rows read; the first is in column {col!r} at "
+                    f"{self._where(file, local + i)}; fix them or use --missing drop."
                 )
-            keep = ~bad.any(1)
-            Z, rows = Z[keep], rows[keep]
-        return Batch(Z, rows, len(self.features))
+            num, rows = num[~drop], rows[~drop]
+            text = None if text is None else text[~drop].reset_index(drop=True)
+        w = None
+        if self.weight is not None:
+            w, num = np.ascontiguousarray(num[:, -1]), num[:, :-1]
+            if (w < 0).any():
+                i = int(np.flatnonzero(w < 0)[0])
+                place = self._where(file, local + int(rows[i] - first_row))
+                raise DataError(
+                    bad_weights_message(self.weight, int((w < 0).sum()), float(w[i]), place)
+                )
+        Z = num if text is None else self._encode(num, text)
+        return Batch(Z, rows, len(self.features), w)
+
+    def _encode(self, num: np.ndarray, text: Any) -> np.ndarray:
+        """``[encoder.transform(inputs), y]``, column-major, from complete rows."""
+        numeric = [c for c in self.encoder.features if c not in self._text]
+        frame = text.assign(**{c: num[:, j] for j, c in enumerate(numeric)})
+        X = self.encoder.transform(frame)
+        return np.asfortranarray(np.column_stack([X, num[:, len(numeric) :]]))
 
     def batches(self, missing: str = "error", epoch_seed: int | None = None) -> Iterator[Batch]:
         """This rank's batches; with ``epoch_seed`` the units of row groups come shuffled."""
         rank, world = rank_world()
+        for rb, first, file, local in self._record_batches(
+            rank, world, epoch_seed, self.batch_rows
+        ):
+            yield self._to_numpy(rb, first, missing, file, local)
+
+    def _record_batches(
+        self, rank: int, world: int, epoch_seed: int | None, batch_rows: int
+    ) -> Iterator[tuple[Any, int, Path, int]]:
+        """(record batch of the used columns, first global row, file, first row in the file)."""
         if self.kind == "parquet":
-            yield from self._parquet_batches(rank, world, missing, epoch_seed)
+            yield from self._parquet_batches(rank, world, epoch_seed, batch_rows)
             return
         import pyarrow as pa
 
-        cols = self.features + self.targets
+        cols = self._columns
         # a fixed block size: every rank must cut the file into the same blocks, so that the
         # round robin below partitions the rows
         offset = 0
         try:
-            reader = self._csv_reader(CSV_BLOCK_BYTES, cols)
+            reader = self._csv_reader(CSV_BLOCK_BYTES, cols, self._text)
             for i, rb in enumerate(reader):
                 if i % world == rank:
-                    yield self._to_numpy(rb.select(cols), offset, missing, self.files[0], offset)
+                    yield rb.select(cols), offset, self.files[0], offset
                 offset += rb.num_rows
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
             raise self._bad_csv_value(exc, offset) from exc
 
     def _parquet_batches(
-        self, rank: int, world: int, missing: str, epoch_seed: int | None
-    ) -> Iterator[Batch]:
+        self, rank: int, world: int, epoch_seed: int | None, batch_rows: int
+    ) -> Iterator[tuple[Any, int, Path, int]]:
         import pyarrow.parquet as pq
 
-        cols = self.features + self.targets
+        cols = self._columns
         units = self._work_units(world)[rank::world]
         if epoch_seed is not None:
             order = np.random.default_rng(epoch_seed).permutation(len(units))
@@ -514,13 +489,12 @@ class TableSource:
                     # one decoding thread: pyarrow's pool held more memory, and a varying amount
                     # (measured); the prefetch thread already overlaps reading with the fit
                     for rb in pf.iter_batches(
-                        batch_size=self.batch_rows,
+                        batch_size=batch_rows,
                         row_groups=groups,
                         columns=cols,
                         use_threads=False,
                     ):
-                        local = offset - self._file_start[f]
-                        yield self._to_numpy(rb, offset, missing, f, local)
+                        yield rb, offset, f, offset - self._file_start[f]
                         offset += rb.num_rows
                 except DataError:
                     raise
@@ -582,14 +556,12 @@ def _same_columns(
             )
 
 
-def _not_a_number(value: str) -> bool:
-    """Whether pyarrow's CSV reader would refuse ``value`` as a float64 (or a null)."""
-    import pyarrow.csv as pcsv
+def _numeric_type(t: Any) -> bool:
+    """Numbers or booleans; a CSV column empty in its first block reads as null (checked
+    when converting)."""
+    return _kind(t) == "numeric"
 
-    if value in pcsv.ConvertOptions().null_values:
-        return False
-    try:
-        float(value)
-    except ValueError:
-        return True
-    return "_" in value  # Python reads 1_000, pyarrow does not
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}.")
