@@ -116,10 +116,10 @@ def test_streaming_errors(files, tmp_path):
     stream_fit_linear(est, TableSource(tmp_path / "nan.parquet", "y"), missing="drop")
     ref = LinearRegression().fit(bad.dropna().drop(columns="y"), bad.dropna().y)
     np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-10)
-    from regtorch import Lasso
+    from regtorch import MLPRegressor
 
-    with pytest.raises(ValueError, match="Streaming fits LinearRegression and Ridge"):
-        stream_fit_linear(Lasso(), TableSource(d / "t.parquet", "y"))
+    with pytest.raises(ValueError, match="Streaming fits LinearRegression, Ridge, Lasso and"):
+        stream_fit_linear(MLPRegressor(), TableSource(d / "t.parquet", "y"))
 
 
 def test_streamed_mlp_learns_and_keeps_the_best_epoch(tmp_path):

@@ -13,6 +13,7 @@ _LAZY = {
     "Ridge": "regtorch.linear.estimators",
     "Lasso": "regtorch.linear.estimators",
     "ElasticNet": "regtorch.linear.estimators",
+    "LinearFit": "regtorch.linear.estimators",
     "MomentState": "regtorch.linear.moments",
     "stream_fit_linear": "regtorch.linear.streamed",
     "RankWarning": "regtorch.linear.solvers",

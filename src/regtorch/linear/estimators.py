@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,16 +21,12 @@ from regtorch._base import (
     validate_fit_input,
     validate_predict_input,
 )
-from regtorch.linear.solvers import (
-    GramState,
-    elastic_net,
-    enet_duality_gap,
-    gram_state,
-    solve_least_squares,
-)
-from regtorch.nn.loop import TrainingDivergedError
+from regtorch.linear.gradient import _check_not_diverged as _check_not_diverged  # moved there
+from regtorch.linear.gradient import _gradient_fit
+from regtorch.linear.lstsq import solve_least_squares
+from regtorch.linear.solvers import GramState, elastic_net, enet_duality_gap, gram_state
 
-__all__ = ["ElasticNet", "Lasso", "LinearRegression", "Ridge"]
+__all__ = ["ElasticNet", "LinearFit", "Lasso", "LinearRegression", "Ridge"]
 
 CLOSED_FORMS = ("auto", "qr", "svd", "cholesky")
 GRADIENT_SOLVERS = ("lbfgs", "adam")
@@ -41,24 +38,30 @@ class _LinearBase(RegressorMixin, BaseEstimator):
     fit_intercept: bool
     device: str
 
-    def _set_coef(
+    def _store_coef(
         self,
         coef: torch.Tensor,
-        xo: torch.Tensor,
-        yo: torch.Tensor,
+        intercept: torch.Tensor,
         y_1d: bool,
-        intercept: torch.Tensor | None = None,
+        feature_names: Sequence[str] | None,
     ) -> None:
-        # coef: (p, k) -> scikit-learn's (k, p), or (p,) for 1-D y; ``intercept`` (k,) when
-        # the solver computed it more accurately than yo - xo @ coef
+        """``coef_`` and ``intercept_`` from ``coef (p, k)`` and ``intercept (k,)``.
+
+        Called only by the classes' ``_set_fitted``. ``feature_names`` (a streamed fit's
+        columns) also sets ``n_features_in_`` and ``feature_names_in_``; in memory the input
+        validation has set them.
+        """
+        # coef: (p, k) -> scikit-learn's (k, p), or (p,) for 1-D y
         W = coef.mT.detach().cpu().to(torch.float64).numpy()
-        b = (yo - xo @ coef) if intercept is None else intercept
-        bn = b.detach().cpu().to(torch.float64).numpy()
+        bn = intercept.detach().cpu().to(torch.float64).numpy()
         self.coef_ = W[0] if y_1d else W
         if not self.fit_intercept:
             self.intercept_: float | np.ndarray = 0.0  # scikit-learn's convention (a float)
         else:
             self.intercept_ = np.float64(bn[0]) if y_1d else bn  # as scikit-learn
+        if feature_names is not None:
+            self.n_features_in_ = len(feature_names)
+            self.feature_names_in_ = np.asarray(list(feature_names), dtype=object)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predict targets for ``X``; float64, shape ``(n_samples,)`` or ``(n, n_targets)``."""
@@ -70,109 +73,6 @@ class _LinearBase(RegressorMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True  # 2-D y fits one model per target
         return tags
-
-
-def _gradient_fit(
-    est: Any, X: torch.Tensor, y: torch.Tensor, sw: torch.Tensor | None, alpha: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Train a linear module (the tutorial's way) on the standardised, centred design."""
-    from regtorch.linear.solvers import center_and_weight
-    from regtorch.nn.loop import train
-    from regtorch.nn.modules import LinearModule
-
-    c = center_and_weight(X, y, sw, est.fit_intercept)
-    n, p = c.X.shape
-
-    def rms(A: torch.Tensor) -> torch.Tensor:
-        # divided by the largest magnitude first: no overflow for 1e200, no underflow at 1e-300
-        peak = A.abs().amax(0)
-        peak = torch.where(peak > 0, peak, torch.ones_like(peak))
-        return (A / peak).square().mean(0).sqrt() * peak
-
-    sx = rms(c.X)
-    # a spread below float64 resolution at the column's magnitude (1e20 + small noise) is
-    # rounding noise after centring: such a column is constant and gets coefficient 0
-    const = sx <= 64 * torch.finfo(torch.float64).eps * c.X_offset.abs()
-    Xc = torch.where(const, torch.zeros_like(c.X), c.X)
-    if bool(const.any()):
-        from regtorch.linear.solvers import RankWarning
-
-        warnings.warn(
-            f"Column(s) {torch.nonzero(const).flatten().tolist()} (0-based) are constant to "
-            "float64 resolution (their spread is below the rounding of their magnitude): "
-            "their coefficients are 0.",
-            RankWarning,
-            stacklevel=3,
-        )
-    sx = torch.where((sx > 0) & ~const, sx, torch.ones_like(sx))
-    sy = rms(c.y)
-    sy = torch.where(sy > 0, sy, torch.ones_like(sy))
-    Xs, ys = Xc / sx, c.y / sy
-    module = LinearModule(p, y.shape[1], bias=False).to(torch.float64)
-
-    penalty = None
-    if alpha > 0:
-        # ||y - Xw||^2 + alpha ||w||^2, divided like the mean loss by n * k * sy^2, with
-        # w = w_s * sy / sx in the original units
-        inv_sx2 = (1.0 / sx**2).unsqueeze(0)  # (1, p)
-
-        def penalty(m: Any) -> torch.Tensor:
-            return alpha / (n * y.shape[1]) * (m.linear.weight.square() * inv_sx2).sum()
-
-    solver = est.solver
-    max_iter = est.max_iter if est.max_iter is not None else (100 if solver == "lbfgs" else 3000)
-    lr = (
-        est.learning_rate if est.learning_rate is not None else (1.0 if solver == "lbfgs" else 0.05)
-    )
-    try:
-        hist = train(
-            module,
-            Xs,
-            ys,
-            optimizer=solver,
-            lr=lr,
-            epochs=max_iter,
-            seed=est.random_state or 0,
-            device=X.device,
-            lr_schedule="cosine" if solver == "adam" else None,
-            penalty=penalty,
-            dtype=torch.float64,
-            tol=est.tol if solver == "lbfgs" else None,
-        )
-    except TrainingDivergedError as exc:
-        raise TrainingDivergedError(
-            f"solver={solver!r} diverged with learning_rate={lr:g}: {exc} Lower learning_rate.",
-            exc.history,
-        ) from exc
-    est.history_ = hist
-    est.n_iter_ = len(hist)
-    _check_not_diverged(module, Xs, ys, hist, solver, lr)
-    coef = (module.linear.weight.detach().mT * sy.unsqueeze(0)) / sx.unsqueeze(1)
-    coef[const] = 0.0  # their weights saw no gradient and keep their random start
-    return coef, c.X_offset, c.y_offset
-
-
-# A gradient fit whose final training loss exceeds its first by this factor diverged.
-DIVERGENCE_RATIO = 1.5
-
-
-def _check_not_diverged(
-    module: Any, Xs: torch.Tensor, ys: torch.Tensor, hist: Any, solver: str, lr: float
-) -> None:
-    """Raise TrainingDivergedError when the weights or the final loss blew up."""
-    with torch.no_grad():
-        w = module.linear.weight
-        final = (
-            float((Xs @ w.mT - ys).square().mean()) if bool(torch.isfinite(w).all()) else math.nan
-        )
-    first = float(hist.train_loss[0]) if len(hist) else math.nan
-    if not math.isfinite(final) or (math.isfinite(first) and final > DIVERGENCE_RATIO * first):
-        raise TrainingDivergedError(
-            f"solver={solver!r} diverged with learning_rate={lr:g}: the training loss went "
-            f"from {first:.3g} at the first epoch to {final:.3g} at the end (standardised "
-            "units). Lower learning_rate, or use a closed-form solver.",
-            hist,
-        )
 
 
 class LinearRegression(_LinearBase):
@@ -264,51 +164,41 @@ class LinearRegression(_LinearBase):
         Xt, yt, sw, y_1d = validate_fit_input(self, X, y, sample_weight, device=self.device)
         alpha = float(self._alpha)
         if self.solver in GRADIENT_SOLVERS:
-            coef, xo, yo = _gradient_fit(self, Xt, yt, sw, alpha)
-            self.rank_ = Xt.shape[1]
-            self.solver_ = self.solver
-            self._R = None
-            self._bse_unit = None
-            sol = None
+            coef, xo, yo, hist = _gradient_fit(self, Xt, yt, sw, alpha)
+            b = yo - xo @ coef if self.fit_intercept else torch.zeros_like(yo)
+            info = _fit_info(Xt, yt, sw, coef, xo, yo, self.fit_intercept, None)
+            fit = LinearFit(coef, b, Xt.shape[1], self.solver, info, n_iter=len(hist))
+            fit.history = hist
         else:
-            self.__dict__.pop("history_", None)  # gradient-only attribute
             sol, xo, yo = solve_least_squares(
                 Xt, yt, alpha, self.solver, sample_weight=sw, fit_intercept=self.fit_intercept
             )
-            coef = sol.coef
-            self.rank_ = sol.rank
-            self.solver_ = sol.solver
-            self.n_iter_ = 1  # one direct solve
-            self._R = sol.R
-            self._bse_unit = sol.bse_unit
-        self._set_coef(coef, xo, yo, y_1d, None if sol is None else sol.intercept)
-        if sol is not None and sol.sst is not None:
-            self._fit_info = self._extended_fit_info(Xt, yt, sw, xo, sol.sst)
-        else:
-            state = None if sol is None else sol.state
-            self._fit_info = _fit_info(Xt, yt, sw, coef, xo, yo, self.fit_intercept, state)
-        self._fit_info["fingerprint"] = data_fingerprint(Xt, yt, sw)
+            b = yo - xo @ sol.coef if sol.intercept is None else sol.intercept
+            b = b if self.fit_intercept else torch.zeros_like(b)
+            if sol.sst is not None:
+                info = _extended_fit_info(Xt, yt, sw, xo, sol.coef, b, sol.sst)
+            else:
+                info = _fit_info(Xt, yt, sw, sol.coef, xo, yo, self.fit_intercept, sol.state)
+            fit = LinearFit(sol.coef, b, sol.rank, sol.solver, info, sol.R, sol.bse_unit)
+        fit.info["fingerprint"] = data_fingerprint(Xt, yt, sw)
+        self._set_fitted(fit, y_1d)
         return self
 
-    def _extended_fit_info(
-        self,
-        X: torch.Tensor,
-        y: torch.Tensor,
-        sw: torch.Tensor | None,
-        xo: torch.Tensor,
-        sst: np.ndarray,
-    ) -> dict[str, Any]:
-        """Fit statistics with the residuals of the reported coefficients in double-double."""
-        from regtorch.linear.solvers import extended_sse
-
-        Xn = X.detach().cpu().numpy()
-        yn = y.detach().cpu().numpy()
-        wn = None if sw is None else sw.detach().cpu().numpy().reshape(-1)
-        coef = np.atleast_2d(self.coef_).T  # (p, k)
-        b = np.broadcast_to(np.asarray(self.intercept_, dtype=np.float64), (yn.shape[1],))
-        sse = extended_sse(Xn, yn, wn, coef, np.array(b))
-        w = None if sw is None else sw.reshape(-1, 1).to(X.dtype)
-        return _info_dict(X, w, torch.as_tensor(sse), torch.as_tensor(sst), xo)
+    def _set_fitted(
+        self, fit: LinearFit, y_1d: bool, feature_names: Sequence[str] | None = None
+    ) -> None:
+        """Write the fitted state (every fit, in memory or streamed, ends here)."""
+        self._store_coef(fit.coef, fit.intercept, y_1d, feature_names)
+        self.rank_ = fit.rank
+        self.solver_ = fit.solver
+        self.n_iter_ = fit.n_iter
+        self._R = fit.R
+        self._bse_unit = fit.bse_unit
+        self._fit_info = fit.info
+        if fit.history is None:
+            self.__dict__.pop("history_", None)  # gradient-only attribute
+        else:
+            self.history_ = fit.history
 
     def summary(
         self,
@@ -353,6 +243,43 @@ class LinearRegression(_LinearBase):
         return predict_interval(self, X, level=level, kind=kind)
 
 
+@dataclass
+class LinearFit:
+    """A least-squares fit as its estimator keeps it (data units): see ``_set_fitted``."""
+
+    coef: torch.Tensor  # (p, k)
+    intercept: torch.Tensor  # (k,), zeros without an intercept
+    rank: int
+    solver: str  # what computed the coefficients, naming any fallback
+    info: dict[str, Any]  # sums the statistics need: see _info_dict
+    R: torch.Tensor | None = None  # (p, p), R'R = Xc' W Xc, when full rank
+    bse_unit: np.ndarray | None = None  # sqrt diag of the unscaled covariance (extended)
+    n_iter: int = 1  # one direct solve
+    history: Any = None  # gradient solvers' History
+
+
+def _extended_fit_info(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    sw: torch.Tensor | None,
+    xo: torch.Tensor,
+    coef: torch.Tensor,
+    intercept: torch.Tensor,
+    sst: np.ndarray,
+) -> dict[str, Any]:
+    """Fit statistics with the residuals of the reported coefficients in double-double."""
+    from regtorch.linear.extended import extended_sse
+
+    Xn = X.detach().cpu().numpy()
+    yn = y.detach().cpu().numpy()
+    wn = None if sw is None else sw.detach().cpu().numpy().reshape(-1)
+    c = coef.detach().cpu().to(torch.float64).numpy()  # (p, k)
+    b = intercept.detach().cpu().to(torch.float64).numpy()
+    sse = extended_sse(Xn, yn, wn, c, b)
+    w = None if sw is None else sw.reshape(-1, 1).to(X.dtype)
+    return _info_dict(X, w, torch.as_tensor(sse), torch.as_tensor(sst), xo)
+
+
 def _fit_info(
     X: torch.Tensor,
     y: torch.Tensor,
@@ -394,14 +321,31 @@ def _info_dict(
     sst: torch.Tensor,
     xo: torch.Tensor,
 ) -> dict[str, Any]:
+    """The sums the statistics need, from the training rows and weights."""
     n = int(X.shape[0])
+    if w is None:
+        return fit_info(n, n, float(n), 0.0, sse, sst, xo)
+    log_w = float(torch.log(w[w > 0]).sum())
+    return fit_info(n, int((w > 0).sum()), float(w.sum()), log_w, sse, sst, xo)
+
+
+def fit_info(
+    n: int,
+    n_eff: int,
+    sw_sum: float,
+    log_w_sum: float,
+    sse: torch.Tensor,
+    sst: torch.Tensor,
+    xo: torch.Tensor,
+) -> dict[str, Any]:
+    """The sums the statistics need (``_fit_info``); ``n_eff`` counts positive weights."""
     return {
         "n": n,
-        "n_eff": n if w is None else int((w > 0).sum()),
-        "sw_sum": float(n) if w is None else float(w.sum()),
+        "n_eff": n_eff,
+        "sw_sum": sw_sum,
         "sse": sse.cpu().numpy(),
         "sst": sst.cpu().numpy(),
-        "log_w_sum": 0.0 if w is None else float(torch.log(w[w > 0]).sum()),
+        "log_w_sum": log_w_sum,
         "X_offset": xo.cpu().numpy(),
     }
 
@@ -530,25 +474,29 @@ class ElasticNet(_LinearBase):
         self._check_params()
         Xt, yt, sw, y_1d = validate_fit_input(self, X, y, sample_weight, device=self.device)
         check_gram_range(self, Xt, yt)
-        n, p = Xt.shape
-        k = yt.shape[1]
-        if sw is not None:
-            # scikit-learn rescales weights to sum to n_samples
-            sw = sw * (n / sw.sum())
-        st = gram_state(Xt, yt, sw, bool(self.fit_intercept))
-        xo, yo = st.X_offset, st.y_offset
-        G, Xty = st.G, st.Xty
-        G, Xty = G / n, Xty / n
+        self._fit_gram(gram_state(Xt, yt, sw, bool(self.fit_intercept)), y_1d)
+        return self
+
+    def _fit_gram(
+        self, st: GramState, y_1d: bool, feature_names: Sequence[str] | None = None
+    ) -> None:
+        """Fit from the centred, weighted Gram (in memory or streamed) and store the result.
+
+        Divided by the weight total: scikit-learn's objective, whose weights are rescaled to
+        sum to ``n_samples`` (``1 / (2 n)`` times the weighted sse).
+        """
+        p, k = st.Xty.shape
+        G, Xty = st.G / st.weight_sum, st.Xty / st.weight_sum
         l1 = float(self.alpha * self.l1_ratio)
         l2 = float(self.alpha * (1.0 - self.l1_ratio))
-        coef = Xt.new_zeros(p, k)
+        coef = G.new_zeros(p, k)
         prev = getattr(self, "coef_", None) if self.warm_start else None
         n_iters, gaps = [], []
         not_converged: list[tuple[int, float, float]] = []
         for j in range(k):
             init = None
             if prev is not None and np.atleast_2d(prev).shape == (k, p):
-                init = torch.as_tensor(np.atleast_2d(prev)[j], dtype=Xt.dtype, device=Xt.device)
+                init = torch.as_tensor(np.atleast_2d(prev)[j], dtype=G.dtype, device=G.device)
             wj, it, _ = elastic_net(
                 G,
                 Xty[:, j],
@@ -561,26 +509,41 @@ class ElasticNet(_LinearBase):
             )
             coef[:, j] = wj
             n_iters.append(it)
-            yty = float(st.yty[j]) / n
+            yty = float(st.yty[j]) / st.weight_sum
             gap = enet_duality_gap(G, Xty[:, j], yty, l1, l2, wj, bool(self.positive))
             gaps.append(gap)
             # scikit-learn's test: duality gap <= tol * ||y||^2 / n, no absolute floor
             if not gap <= float(self.tol) * yty:
                 not_converged.append((j, gap, float(self.tol) * yty))
         if not_converged:
-            j, gap, limit = max(not_converged, key=lambda t: t[1] - t[2])
-            warnings.warn(
-                f"Objective did not converge after {self.max_iter} iterations: duality gap "
-                f"{gap:.3g} > tol * ||y||^2 / n_samples = {limit:.3g}"
-                f"{f' (target {j})' if k > 1 else ''}. Increase max_iter or tol, or scale "
-                "the features.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+            self._warn_not_converged(not_converged, k)
+        b = st.y_offset - st.X_offset @ coef
+        self._set_fitted(coef, b, y_1d, n_iters, gaps, feature_names)
+
+    def _warn_not_converged(self, not_converged: list[tuple[int, float, float]], k: int) -> None:
+        j, gap, limit = max(not_converged, key=lambda t: t[1] - t[2])
+        warnings.warn(
+            f"Objective did not converge after {self.max_iter} iterations: duality gap "
+            f"{gap:.3g} > tol * ||y||^2 / n_samples = {limit:.3g}"
+            f"{f' (target {j})' if k > 1 else ''}. Increase max_iter or tol, or scale "
+            "the features.",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
+
+    def _set_fitted(
+        self,
+        coef: torch.Tensor,
+        intercept: torch.Tensor,
+        y_1d: bool,
+        n_iters: list[int],
+        gaps: list[float],
+        feature_names: Sequence[str] | None = None,
+    ) -> None:
+        """Write the fitted state (every fit, in memory or streamed, ends here)."""
         self.n_iter_ = n_iters[0] if y_1d else np.array(n_iters)
         self.dual_gap_ = gaps[0] if y_1d else np.array(gaps)
-        self._set_coef(coef, xo, yo, y_1d)
-        return self
+        self._store_coef(coef, intercept, y_1d, feature_names)
 
     @property
     def sparse_coef_(self) -> Any:

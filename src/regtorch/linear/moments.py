@@ -7,9 +7,9 @@ same answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -18,10 +18,24 @@ from regtorch import distributed
 from regtorch.data.prefetch import Progress, prefetch
 from regtorch.nn.loop import _num_threads
 
-if TYPE_CHECKING:
-    from regtorch.data.table import TableSource
+__all__ = ["BatchSource", "MomentState"]
 
-__all__ = ["MomentState"]
+
+class BatchSource(Protocol):
+    """What the linear fits need of a data source (``TableSource``, ``ArraySource``)."""
+
+    @property
+    def features(self) -> list[str]: ...
+    @property
+    def targets(self) -> list[str]: ...
+    @property
+    def n_rows(self) -> int | None: ...
+    @property
+    def batch_rows(self) -> int | None: ...
+    @property
+    def path(self) -> Any: ...
+    def batches(self, missing: str = ..., epoch_seed: int | None = ...) -> Iterator[Any]: ...
+
 
 # centre a batch explicitly when a column's squared mean exceeds its variance this many times
 CANCELLATION_RATIO = 1e3
@@ -38,29 +52,47 @@ class MomentState:
     ``C`` are in those scaled units.
     """
 
-    n: float = 0.0
-    mean: torch.Tensor | None = None  # (m,) of Z * scale
-    C: torch.Tensor | None = None  # (m, m) of Z * scale
+    n: float = 0.0  # weighted count (sum of the weights; rows without weights)
+    mean: torch.Tensor | None = None  # (m,) weighted mean of Z * scale
+    C: torch.Tensor | None = None  # (m, m) centred weighted cross-products of Z * scale
     scale: torch.Tensor | None = None  # (m,) powers of two
+    rows: int = 0  # rows with a positive weight (the statistics' observations)
+    log_w: float = 0.0  # sum of the log weights (the weighted log-likelihood's constant)
 
-    def update(self, Z: torch.Tensor) -> None:
-        """Add a batch ``(rows, m)`` in float64."""
+    def update(self, Z: torch.Tensor, w: torch.Tensor | None = None) -> None:
+        """Add a batch ``(rows, m)`` in float64, with optional sample weights ``(rows,)``.
+
+        Rows of weight 0 count for nothing; a negative or non-finite weight raises
+        ``ValueError``.
+        """
+        if w is not None:
+            w = _check_weights(w, Z.shape[0])
+            keep = w > 0
+            if not bool(keep.all()):
+                Z, w = Z[keep], w[keep]
         if Z.shape[0] == 0:
             return
-        n = float(Z.shape[0])
         top = Z.abs().amax(0)
         _, e = torch.frexp(torch.where(top > 0, top, torch.ones_like(top)))
         s = torch.ldexp(torch.ones_like(top), -e)
         Z = Z * s  # exact
-        mb = Z.mean(0)
+        log_w = 0.0
+        if w is None:
+            n = float(Z.shape[0])
+            mb = Z.mean(0)
+            A = Z
+        else:
+            n, log_w = float(w.sum()), float(w.log().sum())
+            mb = (w @ Z) / n
+            A = Z * w.sqrt().unsqueeze(1)
         # raw Gram minus the mean's share: no centred copy of the batch; where a column's
         # mean dwarfs its spread that subtraction would cancel digits, so centre instead
-        C = Z.mT @ Z - n * torch.outer(mb, mb)
+        C = A.mT @ A - n * torch.outer(mb, mb)
         spread = C.diagonal()
         if bool((n * mb.square() > CANCELLATION_RATIO * spread.clamp_min(1e-300)).any()):
-            Zc = Z - mb
-            C = Zc.mT @ Zc
-        self.merge(MomentState(n, mb, C, s))
+            Ac = Z - mb if w is None else (Z - mb) * w.sqrt().unsqueeze(1)
+            C = Ac.mT @ Ac
+        self.merge(MomentState(n, mb, C, s, int(Z.shape[0]), log_w))
 
     def _at(self, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, C)`` expressed with the (smaller, power-of-two) ``scale``."""
@@ -74,7 +106,7 @@ class MomentState:
             return
         if self.n == 0 or self.mean is None or self.C is None or self.scale is None:
             self.n, self.mean, self.C = other.n, other.mean.clone(), other.C.clone()
-            self.scale = other.scale.clone()
+            self.scale, self.rows, self.log_w = other.scale.clone(), other.rows, other.log_w
             return
         scale = torch.minimum(self.scale, other.scale)
         (m1, C1), (m2, C2) = self._at(scale), other._at(scale)
@@ -84,22 +116,25 @@ class MomentState:
         self.mean = m1 + delta * (other.n / n)
         self.scale = scale
         self.n = n
+        self.rows += other.rows
+        self.log_w += other.log_w
 
     def to_tensor(self, m: int) -> torch.Tensor:
-        """Flat ``[n, scale, mean, C]`` for collective communication."""
+        """Flat ``[n, rows, log_w, scale, mean, C]`` for collective communication."""
         if self.mean is None or self.C is None or self.scale is None:
-            return torch.zeros(1 + 2 * m + m * m, dtype=torch.float64)
-        head = torch.tensor([self.n], dtype=torch.float64)
+            return torch.zeros(3 + 2 * m + m * m, dtype=torch.float64)
+        head = torch.tensor([self.n, float(self.rows), self.log_w], dtype=torch.float64)
         return torch.cat([head, self.scale, self.mean, self.C.flatten()])
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor, m: int) -> MomentState:
-        n = float(t[0])
+        """The state :meth:`to_tensor` flattened."""
+        n, rows, log_w = float(t[0]), int(t[1]), float(t[2])
         if n == 0:
             return cls()
-        scale = t[1 : 1 + m].clone()
-        mean = t[1 + m : 1 + 2 * m].clone()
-        return cls(n, mean, t[1 + 2 * m :].reshape(m, m).clone(), scale)
+        scale = t[3 : 3 + m].clone()
+        mean = t[3 + m : 3 + 2 * m].clone()
+        return cls(n, mean, t[3 + 2 * m :].reshape(m, m).clone(), scale, rows, log_w)
 
     def all_reduce(self, m: int) -> MomentState:
         """Merge every rank's state, in rank order (the same result on every rank)."""
@@ -111,13 +146,26 @@ class MomentState:
         return total
 
 
+def _check_weights(w: torch.Tensor, n: int) -> torch.Tensor:
+    """Sample weights ``(n,)`` in float64; ValueError for a wrong shape, negative or NaN/inf."""
+    w = w.reshape(-1).to(torch.float64)
+    if w.shape[0] != n:
+        raise ValueError(f"sample_weight has {w.shape[0]} values for {n} rows.")
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("sample_weight contains NaN or infinite values.")
+    if bool((w < 0).any()):
+        raise ValueError(f"sample_weight must be non-negative; found {float(w.min()):g}.")
+    return w
+
+
 def _accumulate(
-    source: TableSource,
+    source: BatchSource,
     keep: Callable[[np.ndarray], np.ndarray] | None,
     missing: str,
     progress: bool,
     desc: str,
 ) -> tuple[MomentState, int]:
+    """This rank's moments of the kept rows (weighted by the batches' ``w``); rows read."""
     state = MomentState()
     rank, world = distributed.rank_world()
     total = None if source.n_rows is None else source.n_rows // world
@@ -128,7 +176,7 @@ def _accumulate(
 
 
 def _accumulate_loop(
-    source: TableSource,
+    source: BatchSource,
     keep: Callable[[np.ndarray], np.ndarray] | None,
     missing: str,
     state: MomentState,
@@ -137,10 +185,21 @@ def _accumulate_loop(
     seen = 0
     try:
         for b in prefetch(source.batches(missing)):
-            Z = b.Z if keep is None else b.Z[keep(b.rows)]
-            state.update(torch.from_numpy(Z))
+            Z, w = kept_rows(b, keep)
+            state.update(torch.from_numpy(Z), None if w is None else torch.from_numpy(w))
             seen += len(b.rows)
             bar.update(len(b.rows))
     finally:
         bar.close()
     return state, seen
+
+
+def kept_rows(
+    b: Any, keep: Callable[[np.ndarray], np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A batch's ``Z`` and weights (None when unweighted), restricted to the kept rows."""
+    w = getattr(b, "w", None)
+    if keep is None:
+        return b.Z, w
+    mask = keep(b.rows)
+    return b.Z[mask], None if w is None else np.asarray(w)[mask]

@@ -1,6 +1,9 @@
-"""Linear models fitted from a table streamed in batches, in one pass (two when needed).
+"""Linear models fitted from any batch source (weighted or not), in one pass (two when needed).
 
-In a process group every rank reads its share and the states are merged in rank order.
+The batches are reduced to a mergeable :class:`~regtorch.linear.moments.MomentState`; in a
+process group every rank reads its share and the states are merged in rank order
+(:func:`regtorch.distributed.all_gather`). The estimator then fits from that state through
+its own method, as it does in memory.
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ from regtorch import distributed
 from regtorch.data.prefetch import prefetch
 from regtorch.data.readers import DataError
 from regtorch.data.split import hash01
-from regtorch.data.table import TableSource
-from regtorch.linear.moments import MomentState, _accumulate
+from regtorch.linear.moments import BatchSource, MomentState, _accumulate, kept_rows
 from regtorch.nn.loop import _num_threads
 
 __all__ = ["stream_fit_linear"]
@@ -42,7 +44,7 @@ def _solve_gram_quietly(gs: Any, alpha: float) -> Any:
 
 
 def _tsqr(
-    source: TableSource,
+    source: BatchSource,
     keep: Callable[[np.ndarray], np.ndarray] | None,
     missing: str,
     mean: torch.Tensor,
@@ -51,7 +53,9 @@ def _tsqr(
     dd_scale: np.ndarray | None = None,
     dd_shift: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, Any]:
-    """R factor (m, m) of the centred ``[X, y] * scale``: per-batch QR, stacked; merged over ranks.
+    """R factor (m, m) of the centred, weighted ``[X, y] * scale``: per-batch QR, merged over ranks.
+
+    Rows are multiplied by ``sqrt(w)``, so ``R'R`` is the centred weighted Gram.
 
     ``mean`` is in the units of ``Z * scale``. With ``dd_scale``, the same pass also
     accumulates the double-double moments of ``Z`` about ``dd_shift`` (returned second,
@@ -64,12 +68,15 @@ def _tsqr(
     mom = None
     with _num_threads(1):
         for b in prefetch(source.batches(missing)):
-            Z = b.Z if keep is None else b.Z[keep(b.rows)]
+            Z, w = kept_rows(b, keep)
             if len(Z):
                 Zt = torch.from_numpy(np.ascontiguousarray(Z)) * s - mean
+                if w is not None:
+                    Zt = Zt * torch.from_numpy(np.sqrt(np.asarray(w, dtype=np.float64)))[:, None]
                 R = torch.linalg.qr(torch.cat([R, Zt]), mode="r")[1]
                 if dd_scale is not None and dd_shift is not None:
-                    part = ddm.dd_moments(np.asarray(Z, dtype=np.float64), None, dd_shift, dd_scale)
+                    Zn, wn = np.asarray(Z, dtype=np.float64), w
+                    part = ddm.dd_moments(Zn, wn, dd_shift, dd_scale)
                     mom = part if mom is None else mom.merge(part)
     if len(R) < m:  # fewer rows than columns on this rank: pad to a square factor
         R = torch.cat([R, torch.zeros(m - len(R), m, dtype=torch.float64)])
@@ -127,119 +134,167 @@ def _solve_from_r(
 
 def stream_fit_linear(
     estimator: Any,
-    source: TableSource,
+    source: BatchSource,
     *,
     missing: str = "error",
     test_fraction: float = 0.0,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Fit a ``LinearRegression`` or ``Ridge`` in one pass over ``source``.
+    """Fit a ``LinearRegression``, ``Ridge``, ``Lasso`` or ``ElasticNet`` from ``source``.
 
-    Rows whose seeded hash falls below ``test_fraction`` are held out (no global shuffle
-    needed). In a process group every rank reads its share and the states are merged in
-    rank order. Returns timing and row counts; the estimator is fitted in place and supports
-    ``summary()`` like an in-memory fit.
+    ``source`` yields batches (``TableSource``, ``ArraySource``), with sample weights when
+    it has them. Rows whose seeded hash falls below ``test_fraction`` are held out
+    (:func:`regtorch.data.split.hash01`, no global shuffle needed). In a process group every
+    rank reads its share and the moments are merged in rank order. The estimator is fitted
+    in place through its own ``_set_fitted`` (``_fit_gram`` for the penalised ones) and
+    supports ``summary()`` like an in-memory fit. Returns timing and row counts.
 
-    A second pass runs when one pass cannot be trusted: an ill-conditioned or rank-deficient
-    Gram, or a fit so good that its sse from the Gram would cancel. It computes a tall-skinny
-    QR and, where affordable (``n * m^2 <= EXTENDED_FLOPS``), double-double moments: the
-    statistics then come from those (as in memory), and where the QR's coefficients cannot
-    be trusted either, so do the coefficients, with ``solver_`` and a warning saying so.
+    Least squares take a second pass when one pass cannot be trusted: an ill-conditioned
+    or rank-deficient Gram, or a fit so good that its sse from the Gram would cancel. It
+    computes a tall-skinny QR and, where affordable (``n * m^2 <= EXTENDED_FLOPS``),
+    double-double moments: the statistics then come from those (as in memory), and where the
+    QR's coefficients cannot be trusted either, so do the coefficients, with ``solver_`` and
+    a warning saying so. Lasso and ElasticNet run coordinate descent on the merged Gram.
     """
-    from regtorch.linear.estimators import LinearRegression, Ridge, _info_dict
-    from regtorch.linear.solvers import (
-        EXTENDED_FLOPS,
-        EXTENDED_MAX_FEATURES,
-        STREAM_REFINE_COND,
-        RankWarning,
-    )
+    from regtorch.linear.estimators import ElasticNet
 
-    if type(estimator) not in (LinearRegression, Ridge):
-        raise ValueError(
-            f"Streaming fits LinearRegression and Ridge (one pass over a mergeable state); "
-            f"got {type(estimator).__name__}."
-        )
-    estimator._check_params()
-    if estimator.solver not in ("auto", "cholesky"):
-        raise ValueError("Streaming solves from the accumulated Gram: use solver='auto'.")
+    _check_streamable(estimator)
     p, k = len(source.features), len(source.targets)
-    m = p + k
     keep = None if test_fraction <= 0 else (lambda rows: hash01(rows, seed) >= test_fraction)
     t0 = time.perf_counter()
     local, seen = _accumulate(source, keep, missing, progress, "streaming fit")
-    state = local.all_reduce(m)
-    if state.n < 2 or state.mean is None or state.C is None or state.scale is None:
+    state = local.all_reduce(p + k)
+    if state.rows < 2 or state.mean is None or state.C is None or state.scale is None:
         raise DataError(f"{source.path}: fewer than 2 training rows.")
     fit_intercept = bool(estimator.fit_intercept)
+    cond = None
+    if isinstance(estimator, ElasticNet):
+        gs, _ = _stream_gram(state, fit_intercept, True, source.features, type(estimator).__name__)
+        estimator._fit_gram(gs, k == 1, source.features)
+    else:
+        fit, cond = _least_squares(estimator, source, keep, missing, state)
+        estimator._set_fitted(fit, k == 1, source.features)
+    return {
+        "rows_read": seen,
+        "rows_fit": state.rows,
+        "weight_sum": state.n,
+        "seconds": time.perf_counter() - t0,
+        "cond": cond,
+        "batch_rows": source.batch_rows,
+    }
+
+
+def _check_streamable(estimator: Any) -> None:
+    """ValueError unless ``estimator`` is one of the four linear models, with valid params."""
+    from regtorch.linear.estimators import ElasticNet, LinearRegression
+
+    if not isinstance(estimator, (LinearRegression, ElasticNet)):
+        raise ValueError(
+            "Streaming fits LinearRegression, Ridge, Lasso and ElasticNet (one pass over a "
+            f"mergeable state); got {type(estimator).__name__}."
+        )
+    estimator._check_params()
+    if isinstance(estimator, LinearRegression) and estimator.solver not in ("auto", "cholesky"):
+        raise ValueError("Streaming solves from the accumulated Gram: use solver='auto'.")
+
+
+def _least_squares(
+    estimator: Any,
+    source: BatchSource,
+    keep: Callable[[np.ndarray], np.ndarray] | None,
+    missing: str,
+    state: MomentState,
+) -> tuple[Any, float | None]:
+    """LinearRegression / Ridge from the merged moments (and a second pass when needed)."""
+    from regtorch.linear.solvers import EXTENDED_FLOPS, EXTENDED_MAX_FEATURES, STREAM_REFINE_COND
+
+    p, m = len(source.features), len(source.features) + len(source.targets)
+    fit_intercept = bool(estimator.fit_intercept)
     alpha = float(getattr(estimator, "alpha", 0.0))
-    gs, scale = _stream_gram(state, fit_intercept, alpha, source.features)
+    gs, scale = _stream_gram(state, fit_intercept, alpha > 0, source.features, "Ridge")
     sol = _solve_gram_quietly(gs, alpha)
-    coef = sol.coef
-    sse = gs.yty - 2 * (coef * gs.Xty).sum(0) + (coef * (gs.G @ coef)).sum(0)
-    method = "streaming-cholesky"
+    sse = gs.yty - 2 * (sol.coef * gs.Xty).sum(0) + (sol.coef * (gs.G @ sol.coef)).sum(0)
     cond = math.inf if sol.cond is None else sol.cond
-    affordable = m <= EXTENDED_MAX_FEATURES and state.n * m * m <= EXTENDED_FLOPS
-    ext = refined = None
-    if (
+    affordable = m <= EXTENDED_MAX_FEATURES and state.rows * m * m <= EXTENDED_FLOPS
+    second = (
         sol.rank < p
         or cond > STREAM_QR_COND
         or (affordable and cond > STREAM_REFINE_COND)
         or bool((sse <= 1e-4 * gs.yty).any())
-    ):
-        method, coef, sse, ext, refined = _second_pass(
+    )
+    if second:
+        out = _second_pass(
             source, keep, missing, state, gs, scale, sol, alpha, fit_intercept, affordable
         )
+    else:
+        out = ("streaming-cholesky", sol.coef, sse, None, None)
+    _warn_stream(out[0], sol, p)
+    return _assemble(state, gs, scale, sol, alpha, *out), sol.cond
+
+
+def _warn_stream(method: str, sol: Any, p: int) -> None:
+    """The one-pass fit's conditioning and rank warnings."""
+    from regtorch.linear.solvers import RankWarning
+
     if method == "streaming-cholesky" and sol.cond is not None and sol.cond > STREAM_COND_WARN:
         warnings.warn(
             f"The scaled Gram matrix is ill-conditioned (condition number {sol.cond:.2g}).",
             UserWarning,
-            stacklevel=2,
+            stacklevel=4,
         )
     if sol.rank < p:
         warnings.warn(
             f"The design matrix is rank deficient (rank {sol.rank} < {p} features); returning "
             "the minimum-norm least-squares solution.",
             RankWarning,
-            stacklevel=2,
+            stacklevel=4,
         )
+
+
+def _assemble(
+    state: MomentState,
+    gs: Any,
+    scale: torch.Tensor,
+    sol: Any,
+    alpha: float,
+    method: str,
+    coef: torch.Tensor,
+    sse: torch.Tensor,
+    ext: Any,
+    refined: tuple[np.ndarray, np.ndarray] | None,
+) -> Any:
+    """The LinearFit in data units from the solution in the scaled units of ``gs``."""
+    from regtorch.linear.estimators import LinearFit, fit_info
+
+    p = gs.G.shape[0]
     sx, sy = scale[:p], scale[p:]
     xo, yo = gs.X_offset / sx, gs.y_offset / sy
     sst = gs.yty / sy**2
-    estimator.n_features_in_ = p
-    estimator.feature_names_in_ = np.asarray(source.features, dtype=object)
-    estimator._bse_unit = None
+    R = None if sol.R is None else sol.R / sx.unsqueeze(0)
+    bse_unit = None
     if ext is not None and method.startswith("streaming-extended"):
-        estimator._set_coef(ext.coef, xo, yo, k == 1, ext.intercept)
-        sse = torch.as_tensor(ext.sse)
+        coef, b0, sse = ext.coef, ext.intercept, torch.as_tensor(ext.sse)
     elif ext is not None and refined is not None:
-        estimator._set_coef(
-            torch.as_tensor(refined[0]), xo, yo, k == 1, torch.as_tensor(refined[1])
-        )
+        coef, b0 = torch.as_tensor(refined[0]), torch.as_tensor(refined[1])
         sse = torch.as_tensor(ext.sse)
     else:
-        estimator._set_coef(coef * sx.unsqueeze(1) / sy.unsqueeze(0), xo, yo, k == 1)
-        sse = sse / sy**2
-    R = None if sol.R is None else sol.R / sx.unsqueeze(0)
+        coef = coef * sx.unsqueeze(1) / sy.unsqueeze(0)
+        b0, sse = yo - xo @ coef, sse / sy**2
     if ext is not None and alpha == 0:
-        R, estimator._bse_unit = ext.R, ext.bse_unit  # statistics from the dd moments
-    estimator.rank_, estimator.solver_, estimator.n_iter_ = sol.rank, method, 1
-    estimator._R = R
-    estimator._fit_info = _info_dict(torch.zeros(int(state.n), 0), None, sse.clamp_min(0), sst, xo)
-    estimator.__dict__.pop("history_", None)
-    return {
-        "rows_read": seen,
-        "rows_fit": int(state.n),
-        "seconds": time.perf_counter() - t0,
-        "cond": sol.cond,
-        "batch_rows": source.batch_rows,
-    }
+        R, bse_unit = ext.R, ext.bse_unit  # statistics from the dd moments
+    info = fit_info(state.rows, state.rows, state.n, state.log_w, sse.clamp_min(0), sst, xo)
+    return LinearFit(coef, b0, sol.rank, method, info, R, bse_unit)
 
 
 def _stream_gram(
-    state: MomentState, fit_intercept: bool, alpha: float, names: list[str]
+    state: MomentState, fit_intercept: bool, data_units: bool, names: list[str], who: str
 ) -> tuple[Any, torch.Tensor]:
-    """The GramState to solve (columns scaled by ``scale``, returned second)."""
+    """The GramState to solve (columns scaled by ``scale``, returned second).
+
+    ``data_units`` (penalised fits: the penalty is not scale-free) undoes the power-of-two
+    scaling, with ones returned as ``scale``; ``who`` names the estimator in the overflow error.
+    """
     from regtorch.linear.solvers import GramState
 
     assert state.C is not None and state.mean is not None and state.scale is not None
@@ -247,15 +302,14 @@ def _stream_gram(
     if not fit_intercept:  # uncentred moments: add the mean back
         C = C + state.n * torch.outer(mean, mean)
         mean = torch.zeros_like(mean)
-    if alpha > 0:
-        # the ridge penalty is not scale-free: solve in the data's own units
+    if data_units:
         C, mean = C / torch.outer(scale, scale), mean / scale
         bad = torch.nonzero(~torch.isfinite(C.diagonal()) | (C.diagonal() > 1e300)).flatten()
         if bad.numel():
             j = int(bad[0])
             col = names[j] if j < len(names) else "the target"
             raise ValueError(
-                f"Ridge cannot be streamed with column {col!r}: its squares overflow float64 "
+                f"{who} cannot be streamed with column {col!r}: its squares overflow float64 "
                 "(the penalty is not scale-free). Rescale it, or fit in memory."
             )
         scale = torch.ones_like(scale)
@@ -265,7 +319,7 @@ def _stream_gram(
 
 
 def _second_pass(
-    source: TableSource,
+    source: BatchSource,
     keep: Callable[[np.ndarray], np.ndarray] | None,
     missing: str,
     state: MomentState,
@@ -283,12 +337,8 @@ def _second_pass(
     the dd residual (data units), when the dd moments were taken. ``sol`` is updated in
     place (rank, R of the TSQR).
     """
-    from regtorch.linear.solvers import (
-        TSQR_TRUST_COND,
-        centre_moments,
-        refine_from_moments,
-        solve_from_moments,
-    )
+    from regtorch.linear.extended import centre_moments, refine_from_moments, solve_from_moments
+    from regtorch.linear.solvers import TSQR_TRUST_COND
 
     assert state.mean is not None and state.scale is not None
     p = gs.G.shape[0]
@@ -308,7 +358,7 @@ def _second_pass(
         method = "streaming-tsqr"
     ext = refined = None
     if mom is not None:
-        em = centre_moments(mom, fit_intercept, int(state.n), alpha, p)
+        em = centre_moments(mom, fit_intercept, state.rows, alpha, p)
         ext = solve_from_moments(em, p, fit_intercept, alpha)
         ext = ext if ext.rank == p else None
         if ext is not None and qr_sol is not None and alpha == 0:
