@@ -63,11 +63,38 @@ def init_from_env(device: str = "cpu", timeout_s: float = 300.0) -> bool:
     use_nccl = device.startswith("cuda") and torch.cuda.is_available()
     if use_nccl:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(
-        backend="nccl" if use_nccl else "gloo",
-        timeout=datetime.timedelta(seconds=timeout_s),
-    )
+    # with CUDA, NCCL moves the gradients and gloo the small CPU tensors of the collectives
+    # below (statistics, losses, generator states), which NCCL cannot take
+    backend = "cpu:gloo,cuda:nccl" if use_nccl else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = _attempt_store(timeout)
+    if store is None:
+        dist.init_process_group(backend=backend, timeout=timeout)
+    else:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(
+            backend=backend, timeout=timeout, store=store, rank=rank, world_size=world
+        )
     return dist.get_world_size() > 1
+
+
+def _attempt_store(timeout: datetime.timedelta) -> torch.distributed.Store | None:
+    """After a ``torchrun --max-restarts`` restart, the launcher's store under this attempt's
+    prefix: the keys the dead attempt left there would otherwise connect the new ranks to
+    the old ones' addresses, and the group would hang."""
+    import torch.distributed as dist
+
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart in (None, "0") or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    client = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        int(os.environ["WORLD_SIZE"]),
+        is_master=False,
+        timeout=timeout,
+    )
+    return dist.PrefixStore(f"regtorch/attempt_{restart}", client)
 
 
 def shutdown() -> None:

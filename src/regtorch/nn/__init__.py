@@ -19,6 +19,8 @@ _LAZY = {
     "TrainingDivergedError": "regtorch.nn.loop",
     "init_module": "regtorch.nn.loop",
     "stream_fit_mlp": "regtorch.nn.streamed",
+    "TensorBatches": "regtorch.nn.batches",
+    "StreamBatches": "regtorch.nn.batches",
 }
 
 __all__ = sorted(_LAZY)

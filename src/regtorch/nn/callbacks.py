@@ -149,7 +149,8 @@ class Checkpoint(Callback):
     """Write a resumable checkpoint every ``every`` epochs and at the end, atomically.
 
     Pass the file to ``train(..., resume_from=path)`` (or the estimator's ``resume_from``)
-    to continue: the result equals the uninterrupted run's.
+    to continue: the result equals the uninterrupted run's. Under ``torchrun`` rank 0 writes
+    it, with every rank's batch-order generator; resume with the same number of processes.
     """
 
     def __init__(self, path: str | os.PathLike[str], every: int = 10) -> None:
@@ -160,9 +161,12 @@ class Checkpoint(Callback):
         self._saved_epoch = -1
 
     def on_epoch_end(self, state: TrainState) -> None:
+        from regtorch import distributed
         from regtorch.nn.checkpoint import save_checkpoint
 
-        save_checkpoint(self.path, state.payload())
+        payload = state.payload()  # on every rank: it gathers the ranks' generators
+        if distributed.rank() == 0:  # one file holds what every rank needs
+            save_checkpoint(self.path, payload)
         self._saved_epoch = state.epoch
 
     def on_train_stop(self, state: TrainState) -> None:

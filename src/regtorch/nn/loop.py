@@ -19,7 +19,15 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from regtorch._validation import check_X_y_tensors, resolve_device
+from regtorch import distributed
+from regtorch.nn.optim import (  # noqa: F401
+    LOSSES,
+    OPTIMIZERS,
+    SCHEDULES,
+    make_loss,
+    make_optimizer,
+    make_scheduler,
+)
 
 __all__ = [
     "Callback",
@@ -29,18 +37,11 @@ __all__ = [
     "init_module",
     "make_loss",
     "make_optimizer",
+    "make_scheduler",
     "train",
 ]
 
 logger = logging.getLogger("regtorch")
-
-OPTIMIZERS = ("adam", "adamw", "sgd", "lbfgs")
-LOSSES: dict[str, Callable[[], nn.Module]] = {
-    "mse": nn.MSELoss,
-    "mae": nn.L1Loss,
-    "huber": nn.HuberLoss,
-    "smooth_l1": nn.SmoothL1Loss,
-}
 
 
 @dataclass
@@ -120,6 +121,7 @@ class TrainState:
     lrs: list[float] = field(default_factory=list)
     stop: bool = False
     aborted: bool = False  # Ctrl-C or divergence: the loop's objects are mid-epoch
+    batches: Any = None  # the batch provider (regtorch.nn.batches)
 
     @property
     def train_loss(self) -> float:
@@ -147,7 +149,11 @@ class TrainState:
         )
 
     def payload(self) -> dict[str, Any]:
-        """Everything an exact resume after this epoch needs (see ``regtorch.nn.checkpoint``)."""
+        """Everything an exact resume after this epoch needs (see ``regtorch.nn.checkpoint``).
+
+        Under ``torchrun`` every rank must call it (it gathers the ranks' generators); rank 0
+        writes the result.
+        """
         return {
             "epoch": self.epoch + 1,
             "epochs": self.epochs,
@@ -155,6 +161,9 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
+            # every rank's batch-order generator (a collective: all ranks call payload())
+            "generators": torch.stack(distributed.all_gather(self.generator.get_state())),
+            "batches": {} if self.batches is None else self.batches.state_dict(),
             "history": self.history().to_dict(),
             # stateful callbacks only, by class name: a resumed run may add or drop others
             "callbacks": [
@@ -209,74 +218,6 @@ def init_module(module: nn.Module, seed: int) -> nn.Module:
     return module
 
 
-def make_loss(loss: str | nn.Module) -> nn.Module:
-    """Return a loss module from a name (``"mse"``, ``"mae"``, ``"huber"``, ...) or module."""
-    if isinstance(loss, nn.Module):
-        return loss
-    try:
-        return LOSSES[loss]()
-    except KeyError:
-        raise ValueError(
-            f"The 'loss' parameter must be one of {sorted(LOSSES)}. Got {loss!r} instead."
-        ) from None
-
-
-def make_optimizer(
-    name: str,
-    params: Any,
-    lr: float,
-    weight_decay: float = 0.0,
-    momentum: float = 0.9,
-) -> torch.optim.Optimizer:
-    """Build an optimizer by name: ``"adam"``, ``"adamw"``, ``"sgd"`` or ``"lbfgs"``."""
-    params = list(params)
-    # The fused kernels (CPU and CUDA) take a tiny model's step in far less Python overhead.
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "lbfgs":
-        return torch.optim.LBFGS(
-            params,
-            lr=lr,
-            max_iter=20,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-            tolerance_grad=1e-12,
-            tolerance_change=1e-16,
-        )
-    raise ValueError(
-        f"The 'optimizer' parameter must be one of {OPTIMIZERS}. Got {name!r} instead."
-    )
-
-
-SCHEDULES = ("constant", "cosine", "linear")
-
-
-def make_scheduler(
-    name: str | None, opt: torch.optim.Optimizer, epochs: int, final_factor: float = 0.01
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """A per-epoch schedule decaying the learning rate to ``final_factor * lr``."""
-    if name is None or name == "constant":
-        return None
-    if name not in SCHEDULES:
-        raise ValueError(
-            f"The 'lr_schedule' parameter must be one of {SCHEDULES} or None. Got {name!r} instead."
-        )
-    span = max(epochs - 1, 1)
-
-    def factor(e: int) -> float:
-        frac = min(e / span, 1.0)
-        if name == "cosine":
-            return final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * frac))
-        return 1.0 - (1.0 - final_factor) * frac
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
 @contextlib.contextmanager
 def _num_threads(n: int | None) -> Iterator[None]:
     """Temporarily set torch's intra-op threads (restored on exit)."""
@@ -297,28 +238,14 @@ def _auto_threads(module: nn.Module, batch_rows: int) -> int | None:
     return 1 if batch_rows * max(n_params, 1) < 2_000_000 else None
 
 
-def _prepare(
-    X: torch.Tensor | Any,
-    y: torch.Tensor | Any,
-    device: torch.device,
-    names: tuple[str, str],
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    from regtorch._validation import as_float_tensor
-
-    Xt = as_float_tensor(X, name=names[0], dtype=dtype)
-    yt = as_float_tensor(y, name=names[1], dtype=dtype)
-    Xt, yt = check_X_y_tensors(Xt, yt, x_name=names[0], y_name=names[1])
-    return Xt.to(device), yt.to(device)
-
-
 def train(
     module: nn.Module,
-    X: torch.Tensor | Any,
-    y: torch.Tensor | Any,
+    X: torch.Tensor | Any | None = None,
+    y: torch.Tensor | Any | None = None,
     *,
     X_val: torch.Tensor | Any | None = None,
     y_val: torch.Tensor | Any | None = None,
+    batches: Any | None = None,
     optimizer: str = "adam",
     lr: float = 1e-3,
     epochs: int = 100,
@@ -336,122 +263,150 @@ def train(
     resume_from: str | os.PathLike[str] | None = None,
     init: bool = True,
 ) -> History:
-    """Train ``module`` on ``(X, y)`` and return its :class:`History`.
+    """Train ``module`` on ``(X, y)`` or on a batch provider; return its :class:`History`.
 
-    Parameters
-    ----------
-    module : nn.Module
-        Maps ``(n_samples, n_features)`` to ``(n_samples, n_targets)``; trained in place.
-    X, y : tensor or array-like
-        Training data; y may be 1-D (one target) or 2-D.
-    X_val, y_val : tensor or array-like, optional
-        Validation data, evaluated after every epoch under ``torch.inference_mode()``.
-    optimizer : {"adam", "adamw", "sgd", "lbfgs"}
-        L-BFGS needs full batch (``batch_size=None``).
-    lr : float
-        Learning rate.
-    epochs : int
-        Number of passes over the training data.
-    batch_size : int or None
-        Mini-batch size; None trains full batch (one step per epoch).
-    loss : str or nn.Module
-        ``"mse"`` (default), ``"mae"``, ``"huber"``, ``"smooth_l1"`` or a loss module.
-    weight_decay : float
-        L2 penalty passed to the optimizer.
-    seed : int or None
-        Fixes the initial weights (as ``torch.manual_seed(seed)`` before building the module
-        would) and the batch order, without touching the global RNG. None keeps the module's
-        current weights.
-    device : str or torch.device
-        ``"auto"`` picks CUDA, then MPS, then CPU.
-    lr_schedule : {None, "constant", "cosine", "linear"}
-        Per-epoch learning-rate decay: cosine or linear from ``lr`` to ``lr / 100``.
-    penalty : callable, optional
-        ``penalty(module)`` is added to every step's loss (e.g. an L2 term).
-    tol : float or None
-        Stop when an epoch improves the training loss by less than ``tol`` relative to it.
-        None (default) always runs ``epochs`` epochs.
-    dtype : torch.dtype
-        Dtype of the data and the module during training (float32 by default).
-    callbacks : sequence of Callback
-        E.g. :class:`LoggingCallback`, :class:`ProgressBar`.
-    num_threads : int or None
-        Torch intra-op threads during training; None uses one thread for tiny models.
-    init : bool
-        With a ``seed``, re-initialise the weights (False continues from the current
-        weights; the seed then fixes only the batch order).
-    resume_from : path, optional
-        A checkpoint written by :class:`regtorch.nn.callbacks.Checkpoint` during a run with the
-        same arguments: training continues after its epoch and ends exactly as the
-        uninterrupted run would (same weights, same History).
+    ``module`` maps ``(n_samples, n_features)`` to ``(n_samples, n_targets)`` and is trained
+    in place. ``X, y`` (y 1-D or 2-D) and the optional ``X_val, y_val`` (evaluated after
+    every epoch, in inference mode) go on ``device`` ("auto": CUDA, MPS, CPU) as ``dtype``;
+    or ``batches`` (:mod:`regtorch.nn.batches`, e.g. a table streamed under ``torchrun``:
+    the module is then wrapped in DistributedDataParallel) brings its own rows and device.
+    ``optimizer`` is "adam", "adamw", "sgd" or "lbfgs" (full batch only); ``batch_size=None``
+    trains full batch; ``loss`` is "mse", "mae", "huber", "smooth_l1" or a module;
+    ``lr_schedule`` ("cosine", "linear") decays ``lr`` to ``lr / 100`` over the epochs;
+    ``penalty(module)`` is added to every step's loss; ``tol`` stops when an epoch improves
+    the training loss by less than that fraction. ``seed`` fixes the initial weights (as
+    ``torch.manual_seed`` before building the module would; ``init=False`` keeps them) and
+    the batch order, without touching the global RNG. ``callbacks``: see
+    :mod:`regtorch.nn.callbacks`. ``num_threads``: torch's threads (None: one for tiny
+    models). ``resume_from``: a :class:`~regtorch.nn.callbacks.Checkpoint` file of a run with
+    the same arguments and processes; the run then ends exactly as the uninterrupted one.
 
     Returns
     -------
     History
-        ``interrupted`` is True if Ctrl-C stopped the run; the module then keeps the weights
-        of the last completed epoch (or the best ones, with early stopping).
+        ``interrupted`` is True if Ctrl-C or SIGTERM stopped the run; the module then keeps
+        the weights of the last completed epoch (or the best ones, with early stopping).
 
     Raises
     ------
     TrainingDivergedError
-        When the training loss becomes NaN or infinite; the module keeps the weights of the
-        last epoch with a finite loss.
+        When the training loss becomes NaN or infinite (the last finite weights are kept).
 
     Examples
     --------
     >>> from regtorch.nn.modules import LinearModule
     >>> X = torch.linspace(0, 1, 20).reshape(-1, 1); y = 2 * X + 1
-    >>> h = train(LinearModule(1), X, y, lr=0.1, epochs=50, seed=0)
-    >>> len(h.train_loss)
+    >>> len(train(LinearModule(1), X, y, lr=0.1, epochs=50, seed=0).train_loss)
     50
     """
     if int(epochs) < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if batch_size is not None and int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
-    if optimizer == "lbfgs" and batch_size is not None:
-        raise ValueError("optimizer='lbfgs' needs full-batch training: set batch_size=None.")
-    if (X_val is None) != (y_val is None):
-        raise ValueError("Pass both X_val and y_val, or neither.")
-    dev = resolve_device(device)
-    Xt, yt = _prepare(X, y, dev, ("X", "y"), dtype)
-    Xv = yv = None
-    if X_val is not None:
-        Xv, yv = _prepare(X_val, y_val, dev, ("X_val", "y_val"), dtype)
-        if Xv.shape[1] != Xt.shape[1] or yv.shape[1] != yt.shape[1]:
-            raise ValueError(
-                f"Validation data has {Xv.shape[1]} features and {yv.shape[1]} targets, but "
-                f"the training data has {Xt.shape[1]} and {yt.shape[1]}."
-            )
-
+    data = (X, y, X_val, y_val)
+    batches = _provider(batches, data, batch_size, optimizer, device, dtype)
     if seed is not None and init and resume_from is None:
         init_module(module, int(seed))
+    state = _state(module, batches, optimizer, lr, weight_decay, epochs, lr_schedule, seed, dtype)
+    state.callbacks = callbacks
+    if resume_from is not None:
+        from regtorch.nn.checkpoint import restore
+
+        start = restore(state, resume_from, lr_schedule)
+    else:
+        start = 0
+    loop = _Loop(state, make_loss(loss), penalty, lr)
+    threads = num_threads if num_threads is not None else _auto_threads(module, batches.batch_size)
+    with _num_threads(threads), _sigterm_as_interrupt():
+        return loop.run(start, tol)
+
+
+def _provider(
+    batches: Any,
+    data: tuple[Any, Any, Any, Any],
+    batch_size: int | None,
+    optimizer: str,
+    device: str | torch.device,
+    dtype: torch.dtype,
+) -> Any:
+    """The given batch provider, or the in-memory data's (checked)."""
+    X, y, X_val, y_val = data
+    if batches is None:
+        from regtorch.nn.batches import tensor_batches
+
+        batches = tensor_batches(X, y, X_val, y_val, batch_size, optimizer, device, dtype)
+    elif X is not None or y is not None or X_val is not None or y_val is not None:
+        raise ValueError("Pass either X and y (and X_val, y_val) or batches, not both.")
+    elif optimizer == "lbfgs" and not batches.full_batch:
+        raise ValueError(
+            "optimizer='lbfgs' needs full batches; streamed training uses adam, adamw or sgd."
+        )
+    return batches
+
+
+def _state(
+    module: nn.Module,
+    batches: Any,
+    optimizer: str,
+    lr: float,
+    weight_decay: float,
+    epochs: int,
+    lr_schedule: str | None,
+    seed: int | None,
+    dtype: torch.dtype,
+) -> TrainState:
+    """The loop's objects: the module on the batches' device, optimizer, schedule, records."""
+    dev = batches.device
     # before the optimizer, whose fused kernels look at the parameters' device
     module.to(device=dev, dtype=dtype)
-    loss_fn = make_loss(loss)
     opt = make_optimizer(optimizer, module.parameters(), lr, weight_decay)
-    sched = make_scheduler(lr_schedule, opt, int(epochs))
-    n = Xt.shape[0]
-    bs = n if batch_size is None else min(int(batch_size), n)
-    gen = torch.Generator().manual_seed(int(seed) if seed is not None else 0)
-    if seed is None:
-        gen.seed()
     state = TrainState(
         0,
         int(epochs),
         module,
         opt,
-        sched,
-        gen,
+        make_scheduler(lr_schedule, opt, int(epochs)),
+        _generator(seed, batches.world),
         time.perf_counter(),
-        callbacks,
+        (),
         torch.zeros(int(epochs), dtype=_buf_dtype(dev), device=dev),
-        None if Xv is None else torch.zeros(int(epochs), dtype=_buf_dtype(dev), device=dev),
+        torch.zeros(int(epochs), dtype=_buf_dtype(dev), device=dev)
+        if batches.has_validation
+        else None,
+        batches=batches,
     )
-    start = 0 if resume_from is None else _restore(state, resume_from, lr_schedule)
-    threads = num_threads if num_threads is not None else _auto_threads(module, bs)
-    with _num_threads(threads):
-        return _run(state, start, Xt, yt, Xv, yv, loss_fn, bs, penalty, tol, lr)
+    return state
+
+
+def _generator(seed: int | None, world: int) -> torch.Generator:
+    """The batch-order generator; under ``torchrun`` each rank's derives from the seed."""
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    elif world > 1:
+        gen.manual_seed(int(seed) * 1000 + distributed.rank())
+    else:
+        gen.manual_seed(int(seed))
+    return gen
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (sent by ``torchrun`` to the surviving ranks, or by a scheduler) stops the run
+    as Ctrl-C does: the last checkpoint stays intact."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _buf_dtype(dev: torch.device) -> torch.dtype:
@@ -459,189 +414,143 @@ def _buf_dtype(dev: torch.device) -> torch.dtype:
     return torch.float32 if dev.type == "mps" else torch.float64
 
 
-def _restore(state: TrainState, path: str | os.PathLike[str], lr_schedule: str | None) -> int:
-    """Load a checkpoint into the loop's objects; return the epoch to start from."""
-    from regtorch.nn.checkpoint import CheckpointError, load_checkpoint
+class _Loop:
+    """One training run: epochs of steps over the provider's batches, and the callbacks."""
 
-    ck = load_checkpoint(path)
-    try:
-        return _restore_from(state, ck, path, lr_schedule)
-    except CheckpointError:
-        raise
-    except (KeyError, TypeError, AttributeError, RuntimeError, ValueError, IndexError) as exc:
-        raise CheckpointError(
-            f"Checkpoint {path} does not fit this run ({type(exc).__name__}: {exc}); it was "
-            "not loaded. Resume with the same model and arguments, or start again."
-        ) from exc
+    def __init__(
+        self,
+        state: TrainState,
+        loss_fn: nn.Module,
+        penalty: Callable[[nn.Module], torch.Tensor] | None,
+        lr: float,
+    ) -> None:
+        self.state, self.loss_fn, self.penalty, self.lr = state, loss_fn, penalty, lr
+        self.batches = state.batches
+        self.module = state.module
+        self.model: nn.Module = self.module
+        if self.batches.world > 1 and distributed.is_distributed():
+            from torch.nn.parallel import DistributedDataParallel
 
+            dev = self.batches.device
+            ids = [dev.index] if dev.type == "cuda" else None
+            self.model = DistributedDataParallel(self.module, device_ids=ids)
+        self.params: list[torch.Tensor] = list(self.module.parameters())
+        self.submodules = list(self.module.modules())
+        self.good = [p.detach().clone() for p in self.params]  # the last weights certified finite
+        self.cand = [p.detach().clone() for p in self.params]  # this epoch's starting weights
+        self.is_lbfgs = isinstance(state.optimizer, torch.optim.LBFGS)
+        self.done = 0
 
-def _restore_from(
-    state: TrainState, ck: dict[str, Any], path: str | os.PathLike[str], lr_schedule: str | None
-) -> int:
-    from regtorch.nn.checkpoint import CheckpointError
+    def objective(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        out = self.loss_fn(self.model(xb), yb)
+        return out if self.penalty is None else out + self.penalty(self.module)
 
-    if int(ck["epochs"]) != state.epochs:
-        raise CheckpointError(
-            f"Checkpoint {path} belongs to a run of {ck['epochs']} epochs, not {state.epochs}: "
-            "resume with the same arguments."
-        )
-    done = int(ck["epoch"])
-    hist = History.from_dict(ck["history"])
-    if not 1 <= done <= state.epochs or len(hist.train_loss) != done or len(hist.lr) != done:
-        raise CheckpointError(f"Checkpoint {path} has an inconsistent epoch count; not loaded.")
-    if (state._val_buf is None) != (not hist.val_loss):
-        raise CheckpointError(
-            f"Checkpoint {path} was written {'with' if hist.val_loss else 'without'} "
-            "validation data: resume with the same arguments."
-        )
-    saved = [(str(name), cb_state) for name, cb_state in ck["callbacks"]]
-    stateful = [cb for cb in state.callbacks if cb.state_dict()]
-    if [type(cb).__name__ for cb in stateful] != [name for name, _ in saved]:
-        raise CheckpointError(
-            f"Checkpoint {path} was written with callbacks {[n for n, _ in saved]} holding "
-            f"state; this run has {[type(cb).__name__ for cb in stateful]}: resume with the "
-            "same ones."
-        )
-    if state.scheduler is not None and ck["scheduler"] is None:
-        raise CheckpointError(f"Checkpoint {path} was written without lr_schedule={lr_schedule!r}.")
-    state.module.load_state_dict(ck["module"])
-    opt_state = ck["optimizer"]
-    opt_state["state"] = {int(k): v for k, v in opt_state["state"].items()}
-    state.optimizer.load_state_dict(opt_state)
-    if state.scheduler is not None:
-        state.scheduler.load_state_dict(ck["scheduler"])
-    state.generator.set_state(ck["generator"])
-    state._train_buf[:done] = torch.tensor(hist.train_loss, dtype=state._train_buf.dtype)
-    if state._val_buf is not None:
-        state._val_buf[:done] = torch.tensor(hist.val_loss, dtype=state._val_buf.dtype)
-    state.times.extend(hist.time)
-    state.lrs.extend(hist.lr)
-    state.start_time -= hist.time[-1] if hist.time else 0.0
-    for cb, (_, cb_state) in zip(stateful, saved):
-        cb.load_state_dict(cb_state)
-    state.epoch = done - 1
-    state.stop = bool(ck.get("stopped", False))
-    return done
-
-
-def _run(
-    state: TrainState,
-    start: int,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    Xv: torch.Tensor | None,
-    yv: torch.Tensor | None,
-    loss_fn: nn.Module,
-    bs: int,
-    penalty: Callable[[nn.Module], torch.Tensor] | None,
-    tol: float | None,
-    lr: float,
-) -> History:
-    module, opt, sched, gen = state.module, state.optimizer, state.scheduler, state.generator
-    train_buf, val_buf = state._train_buf, state._val_buf
-    epochs = state.epochs
-    dev = X.device
-    n = X.shape[0]
-    full_batch = bs >= n
-    is_lbfgs = isinstance(opt, torch.optim.LBFGS)
-    params: list[torch.Tensor] = list(module.parameters())
-    submodules = list(module.modules())
-    good = [p.detach().clone() for p in params]  # the last weights certified finite
-    cand = [p.detach().clone() for p in params]  # this epoch's starting weights
-
-    def objective(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        out = loss_fn(module(xb), yb)
-        return out if penalty is None else out + penalty(module)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad(set_to_none=True)
-        out = objective(X, y)
+    def closure(self) -> torch.Tensor:
+        self.state.optimizer.zero_grad(set_to_none=True)
+        out = self.objective(*self.batches.full())
         out.backward()
         return out
 
-    n_steps = -(-n // bs)
-    step_loss = torch.zeros(n_steps, dtype=torch.float64, device=dev)
-    step_rows = torch.full((n_steps,), float(bs), dtype=torch.float64, device=dev)
-    step_rows[-1] = n - bs * (n_steps - 1)
-    for cb in state.callbacks:
-        cb.on_train_begin(state)
-    prev_loss = float(train_buf[start - 1]) if start > 0 else math.inf
-    done = start
-    restore = cand  # the weights of the last completed epoch, for Ctrl-C
-    interrupted = False
-    try:
-        for epoch in range(start, epochs if not state.stop else start):
-            _set_mode(submodules, True)
-            state.lrs.append(float(opt.param_groups[0]["lr"]))
-            if is_lbfgs:
-                step_closure = cast(Callable[[], float], closure)  # torch's stub says float
-                train_buf[epoch] = cast(torch.Tensor, opt.step(step_closure)).detach()
-            elif full_batch:
-                train_buf[epoch] = closure().detach()
-                opt.step()
-            else:
-                perm = torch.randperm(n, generator=gen).to(dev)
-                for j, i in enumerate(range(0, n, bs)):
-                    idx = perm[i : i + bs]  # gather per batch: stays in cache, no full copy
-                    opt.zero_grad(set_to_none=True)
-                    out = objective(X[idx], y[idx])
-                    out.backward()
-                    opt.step()
-                    step_loss[j] = out.detach()
-                # mean over rows: every batch is full except perhaps the last
-                train_buf[epoch] = (step_loss @ step_rows) / n
-            if sched is not None:
-                sched.step()
-            cur = float(train_buf[epoch])  # one sync per epoch, for the divergence check
-            state.epoch = epoch
-            if not math.isfinite(cur):
-                _diverged(state, epoch, cur, good, params, lr)
-            # a finite loss certifies the weights it was computed from: those at this
-            # epoch's start, copied into `cand` at the previous epoch's end
-            good, cand = cand, good
-            restore = good  # this epoch is not complete yet: its start is the last complete
-            if Xv is not None and val_buf is not None and yv is not None:
-                _set_mode(submodules, False)
-                with torch.inference_mode():
-                    val_buf[epoch] = loss_fn(module(Xv), yv)
-            state.times.append(state.elapsed)
-            torch._foreach_copy_(cand, [p.detach() for p in params])
-            done = epoch + 1
-            restore = cand
-            last = epoch == epochs - 1
-            for cb in state.callbacks:
-                if last or (epoch + 1) % max(1, cb.every) == 0:
-                    cb.on_epoch_end(state)
+    def train_epoch(self, epoch: int) -> torch.Tensor:
+        """One epoch's steps; its mean training loss, on the device (no sync per step)."""
+        opt, batches = self.state.optimizer, self.batches
+        if self.is_lbfgs:
+            step_closure = cast(Callable[[], float], self.closure)  # torch's stub says float
+            return cast(torch.Tensor, opt.step(step_closure)).detach()
+        if batches.full_batch:
+            out = self.closure().detach()
+            opt.step()
+            return out
+        buf = self.state._train_buf
+        total = torch.zeros((), dtype=buf.dtype, device=buf.device)
+        count = 0
+        for xb, yb in batches.epoch(self.state.generator, epoch):
+            opt.zero_grad(set_to_none=True)
+            out = self.objective(xb, yb)
+            out.backward()
+            opt.step()
+            rows = xb.shape[0]
+            total.add_(out.detach(), alpha=rows)
+            count += rows
+        return batches.epoch_loss(total, max(count, 1))
+
+    def end_epoch(self, epoch: int) -> float:
+        """Record the epoch (loss, validation, time, weights), check for divergence, call
+        the callbacks; return the training loss."""
+        state = self.state
+        cur = float(state._train_buf[epoch])  # one sync per epoch, for the divergence check
+        state.epoch = epoch
+        if not math.isfinite(cur):
+            _diverged(state, epoch, cur, self.good, self.params, self.lr)
+        # a finite loss certifies the weights it was computed from: those at this epoch's
+        # start, copied into `cand` at the previous epoch's end
+        self.good, self.cand = self.cand, self.good
+        self.restore = self.good  # this epoch is not complete yet: its start is the last one
+        if state._val_buf is not None:
+            _set_mode(self.submodules, False)
+            with torch.inference_mode():
+                val = self.batches.validation_loss(self.module, self.loss_fn)
+            state._val_buf[epoch] = val
+        state.times.append(state.elapsed)
+        torch._foreach_copy_(self.cand, [p.detach() for p in self.params])
+        self.done = epoch + 1
+        self.restore = self.cand
+        last = epoch == state.epochs - 1
+        for cb in state.callbacks:
+            if last or (epoch + 1) % max(1, cb.every) == 0:
+                cb.on_epoch_end(state)
+        return cur
+
+    def epochs(self, start: int, tol: float | None) -> None:
+        state = self.state
+        prev_loss = float(state._train_buf[start - 1]) if start > 0 else math.inf
+        for epoch in range(start, state.epochs if not state.stop else start):
+            _set_mode(self.submodules, True)
+            state.lrs.append(float(state.optimizer.param_groups[0]["lr"]))
+            state._train_buf[epoch] = self.train_epoch(epoch)
+            if state.scheduler is not None:
+                state.scheduler.step()
+            cur = self.end_epoch(epoch)
             if tol is not None:
                 if abs(prev_loss - cur) <= tol * max(abs(cur), 1e-300):
                     break
                 prev_loss = cur
             if state.stop:
                 break
-    except KeyboardInterrupt:
-        # Ctrl-C: keep the weights of the last completed epoch; callbacks may restore better
-        interrupted = True
-        state.aborted = True
-        with torch.no_grad():
-            torch._foreach_copy_(params, restore)  # the weights after the last complete epoch
-            if not _all_finite(params):
-                torch._foreach_copy_(params, good)
-        state.epoch = max(done - 1, 0)
-        del state.lrs[done:]
-    if not interrupted and done > start and not _all_finite(params):
-        _diverged(state, done - 1, math.nan, good, params, lr)
-    module.eval()
-    if not interrupted:
+
+    def run(self, start: int, tol: float | None) -> History:
+        state, params = self.state, self.params
         for cb in state.callbacks:
-            cb.on_train_stop(state)
-    for cb in state.callbacks:
-        cb.on_train_end(state)
-    if not _all_finite(params):  # a callback restored weights that were never certified
-        with torch.no_grad():
-            torch._foreach_copy_(params, good)
-    history = state.history(done)
-    history.interrupted = interrupted
-    return history
+            cb.on_train_begin(state)
+        self.done = start
+        self.restore = self.cand  # the weights of the last completed epoch, for Ctrl-C
+        interrupted = False
+        try:
+            self.epochs(start, tol)
+        except KeyboardInterrupt:
+            # Ctrl-C: keep the weights of the last completed epoch; callbacks may restore better
+            interrupted = True
+            state.aborted = True
+            with torch.no_grad():
+                torch._foreach_copy_(params, self.restore)
+                if not _all_finite(params):
+                    torch._foreach_copy_(params, self.good)
+            state.epoch = max(self.done - 1, 0)
+            del state.lrs[self.done :]
+        if not interrupted and self.done > start and not _all_finite(params):
+            _diverged(state, self.done - 1, math.nan, self.good, params, self.lr)
+        self.module.eval()
+        if not interrupted:
+            for cb in state.callbacks:
+                cb.on_train_stop(state)
+        for cb in state.callbacks:
+            cb.on_train_end(state)
+        if not _all_finite(params):  # a callback restored weights that were never certified
+            with torch.no_grad():
+                torch._foreach_copy_(params, self.good)
+        history = state.history(self.done)
+        history.interrupted = interrupted
+        return history
 
 
 def _all_finite(params: list[torch.Tensor]) -> bool:

@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from regtorch._base import check_param, validate_fit_input, validate_predict_input
 from regtorch._validation import resolve_device
 from regtorch.nn.callbacks import EarlyStopping
-from regtorch.nn.loop import TrainState
+from regtorch.nn.loop import Callback, History, TrainState
 
 __all__ = ["MLPRegressor"]
 
@@ -392,9 +392,7 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
             A checkpoint written by a run with the same parameters and data
             (``checkpoint_path``): training continues from it and ends as that run would.
         """
-        from regtorch.nn.callbacks import Checkpoint, ProgressBar
-        from regtorch.nn.loop import Callback, train
-        from regtorch.nn.modules import MLP
+        from regtorch.nn.loop import train
 
         self._check_params()
         if (X_val is None) != (y_val is None):
@@ -406,11 +404,47 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
             )
         Xt, yt, _, y_1d = validate_fit_input(self, X, y)
         Xn, yn = Xt.numpy(), yt.numpy()
-        n, p = Xn.shape
         rng = np.random.default_rng(self.random_state)
-        Xv: np.ndarray | None
-        yv: np.ndarray | None
         seed = int(self.random_state) if self.random_state is not None else int(rng.integers(2**31))
+        Xtr, ytr, Xv, yv = self._split(Xn, yn, X_val, y_val, seed)
+        module, reuse = self._network(Xn.shape[1], ytr.shape[1])
+        # kept in locals until training succeeds: a failed refit leaves the model as it was
+        scaling = (
+            (self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_)
+            if reuse and self.standardize
+            else _scaling(Xtr, ytr, bool(self.standardize))
+        )
+        x_mean, x_scale, y_mean, y_scale = scaling
+        callbacks, stopper = self._callbacks(
+            Xv is not None, self.checkpoint_path, int(self.checkpoint_every), self.verbose
+        )
+        settings = self._train_settings(len(Xtr))
+        history = train(
+            module,
+            _standardized(Xtr, x_mean, x_scale, "X"),
+            _standardized(ytr, y_mean, y_scale, "y"),
+            X_val=None if Xv is None else _standardized(Xv, x_mean, x_scale, "X"),
+            y_val=None if yv is None else _standardized(yv, y_mean, y_scale, "y"),
+            **settings,
+            seed=seed,
+            device=resolve_device(self.device),
+            callbacks=callbacks,
+            resume_from=resume_from,
+            init=not reuse,
+        )
+        module64 = copy.deepcopy(module).to(device="cpu", dtype=torch.float64).eval()
+        # never a silently non-finite model: its predictions on the training rows must be finite
+        _forward64(module64, Xn, scaling, "the training rows")
+        best = stopper.best_epoch if stopper is not None and stopper.best_epoch else len(history)
+        self._set_fitted(module, *scaling, history, best_epoch=best, y_1d=y_1d, module64=module64)
+        self._warn_stopped(history, stopper, settings["epochs"])
+        return self
+
+    def _split(
+        self, Xn: np.ndarray, yn: np.ndarray, X_val: Any, y_val: Any, seed: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Training and validation rows: the given validation data, or a seeded hold-out."""
+        n = len(Xn)
         if X_val is not None:
             Xv = validate_predict_input(self, X_val)
             yv = np.asarray(y_val, dtype=np.float64)
@@ -424,104 +458,110 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
                 raise ValueError("Input y_val contains NaN or infinity.")
             if yv.shape[1] != yn.shape[1]:
                 raise ValueError(f"y_val has {yv.shape[1]} targets, y has {yn.shape[1]}.")
-            Xtr, ytr = Xn, yn
-        elif self.early_stopping and n >= 2:
+            return Xn, yn, Xv, yv
+        if self.early_stopping and n >= 2:
             n_val = max(1, int(round(self.validation_fraction * n)))
             n_val = min(n_val, n - 1)
             perm = np.random.default_rng(seed).permutation(n)
-            Xv, yv = Xn[perm[:n_val]], yn[perm[:n_val]]
-            Xtr, ytr = Xn[perm[n_val:]], yn[perm[n_val:]]
-        else:
-            Xv = yv = None
-            Xtr, ytr = Xn, yn
+            return Xn[perm[n_val:]], yn[perm[n_val:]], Xn[perm[:n_val]], yn[perm[:n_val]]
+        return Xn, yn, None, None
+
+    def _network(self, p: int, k: int) -> tuple[torch.nn.Module, bool]:
+        """A new network for ``p`` inputs and ``k`` outputs, or a copy of the fitted one
+        (``warm_start``); and whether it was reused."""
+        from regtorch.nn.modules import MLP
 
         sizes = (
             (int(self.hidden_layer_sizes),)
             if isinstance(self.hidden_layer_sizes, numbers.Integral)
             else tuple(int(h) for h in self.hidden_layer_sizes)
         )
-        _check_network_size(p, sizes, ytr.shape[1])
-        reuse = self.warm_start and hasattr(self, "module_")
-        if reuse:
-            old = self.module_
-            arch = (old.net[0].in_features, old.hidden_layer_sizes, old.net[-1].out_features)
-            if arch != (p, sizes, ytr.shape[1]) or old.activation != self.activation:
-                raise ValueError(
-                    f"warm_start=True, but the fitted network ({arch[0]} inputs, hidden "
-                    f"{arch[1]}, {arch[2]} outputs, {old.activation}) does not match this fit "
-                    f"({p} inputs, hidden {sizes}, {ytr.shape[1]} outputs, {self.activation}). "
-                    "Set warm_start=False to train a new network."
-                )
-        # kept in locals until training succeeds: a failed refit leaves the model as it was
-        scaling = (
-            (self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_)
-            if reuse and self.standardize
-            else _scaling(Xtr, ytr, bool(self.standardize))
-        )
-        x_mean, x_scale, y_mean, y_scale = scaling
+        _check_network_size(p, sizes, k)
+        if not (self.warm_start and hasattr(self, "module_")):
+            return MLP(p, sizes, k, self.activation), False
+        old = self.module_
+        arch = (old.net[0].in_features, old.hidden_layer_sizes, old.net[-1].out_features)
+        if arch != (p, sizes, k) or old.activation != self.activation:
+            raise ValueError(
+                f"warm_start=True, but the fitted network ({arch[0]} inputs, hidden "
+                f"{arch[1]}, {arch[2]} outputs, {old.activation}) does not match this fit "
+                f"({p} inputs, hidden {sizes}, {k} outputs, {self.activation}). "
+                "Set warm_start=False to train a new network."
+            )
+        return copy.deepcopy(old), True
 
-        def scale_x(A: np.ndarray) -> np.ndarray:
-            return _standardized(A, x_mean, x_scale, "X")
+    def _train_settings(self, n_train: int) -> dict[str, Any]:
+        """``train()``'s optimisation arguments for ``n_train`` rows (in memory or streamed)."""
+        bs, epochs = self._plan(n_train)
+        lbfgs = self.solver == "lbfgs"
+        return {
+            "optimizer": self.solver,
+            "lr": float(self.lr if self.lr is not None else self.learning_rate_init),
+            "epochs": epochs,
+            "batch_size": bs,
+            "weight_decay": float(self.alpha),
+            "penalty": _l2_penalty(float(self.alpha)) if lbfgs else None,
+            "lr_schedule": None if lbfgs else self.lr_schedule,
+        }
 
-        def scale_y(A: np.ndarray) -> np.ndarray:
-            return _standardized(A, y_mean, y_scale, "y")
+    def _callbacks(
+        self, has_val: bool, checkpoint_path: Any, checkpoint_every: int, progress: bool
+    ) -> tuple[list[Callback], _OverfitStopping | None]:
+        """Early stopping (with validation rows), checkpoints and the progress bar."""
+        from regtorch.nn.callbacks import Checkpoint, ProgressBar
 
-        dev = resolve_device(self.device)
-        module: torch.nn.Module
-        if reuse:
-            module = copy.deepcopy(self.module_)
-        else:
-            module = MLP(p, sizes, ytr.shape[1], self.activation)
-        bs, epochs = self._plan(len(Xtr))
         callbacks: list[Callback] = []
-        stopper: _OverfitStopping | None = None
-        if self.early_stopping and Xv is not None:
+        stopper = None
+        if self.early_stopping and has_val:
             stopper = _OverfitStopping(patience=int(self.n_iter_no_change), tol=float(self.tol))
             callbacks.append(stopper)
-        if self.checkpoint_path is not None:
-            callbacks.append(Checkpoint(self.checkpoint_path, every=int(self.checkpoint_every)))
-        if self.verbose:
+        if checkpoint_path is not None:
+            callbacks.append(Checkpoint(checkpoint_path, every=int(checkpoint_every)))
+        if progress:
             callbacks.append(ProgressBar(desc="MLPRegressor"))
-        lr = float(self.lr if self.lr is not None else self.learning_rate_init)
-        history = train(
-            module,
-            scale_x(Xtr),
-            scale_y(ytr),
-            X_val=None if Xv is None else scale_x(Xv),
-            y_val=None if yv is None else scale_y(yv),
-            optimizer=self.solver,
-            lr=lr,
-            epochs=epochs,
-            batch_size=bs,
-            weight_decay=float(self.alpha),
-            penalty=_l2_penalty(float(self.alpha)) if self.solver == "lbfgs" else None,
-            seed=seed,
-            device=dev,
-            lr_schedule=None if self.solver == "lbfgs" else self.lr_schedule,
-            callbacks=callbacks,
-            resume_from=resume_from,
-            init=not reuse,
-        )
-        module64 = copy.deepcopy(module).to(device="cpu", dtype=torch.float64).eval()
-        # never a silently non-finite model: its predictions on the training rows must be finite
-        _forward64(module64, Xn, scaling, "the training rows")
-        self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_ = scaling
+        return callbacks, stopper
+
+    def _set_fitted(
+        self,
+        module: torch.nn.Module,
+        x_mean: np.ndarray,
+        x_scale: np.ndarray,
+        y_mean: np.ndarray,
+        y_scale: np.ndarray,
+        history: History,
+        *,
+        best_epoch: int,
+        y_1d: bool,
+        feature_names: Any | None = None,
+        module64: torch.nn.Module | None = None,
+    ) -> None:
+        """Write the fitted state (the one place that does): the network, the scaling, the
+        history. ``feature_names`` replaces ``feature_names_in_`` when given."""
+        self.x_mean_, self.x_scale_ = np.asarray(x_mean), np.asarray(x_scale)
+        self.y_mean_, self.y_scale_ = np.asarray(y_mean), np.asarray(y_scale)
+        self.n_features_in_ = len(self.x_mean_)
+        if feature_names is not None:
+            self.feature_names_in_ = np.asarray(feature_names, dtype=object)
         self.module_ = module.eval()
-        self._module64 = module64
+        if module64 is None:
+            module64 = copy.deepcopy(module).to(device="cpu", dtype=torch.float64)
+        self._module64 = module64.eval()
         self.history_ = history
         self.n_iter_ = len(history)
         self.loss_curve_ = list(history.train_loss)
-        self.best_epoch_ = (
-            stopper.best_epoch if stopper is not None and stopper.best_epoch else len(history)
-        )
-        self._n_outputs = ytr.shape[1]
-        self._y_1d = y_1d
+        self.best_epoch_ = int(best_epoch)
+        self._n_outputs = len(self.y_mean_)
+        self._y_1d = bool(y_1d)
+
+    def _warn_stopped(
+        self, history: History, stopper: _OverfitStopping | None, epochs: int
+    ) -> None:
         if history.interrupted:
             warnings.warn(
                 f"Training was interrupted after {len(history)} epochs; the model keeps the "
                 f"weights of epoch {self.best_epoch_}.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         elif (
             stopper is None
@@ -529,8 +569,7 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
             and len(history) == epochs
             and self.verbose
         ):
-            warnings.warn(f"Stopped after max_epochs={epochs}.", ConvergenceWarning, stacklevel=2)
-        return self
+            warnings.warn(f"Stopped after max_epochs={epochs}.", ConvergenceWarning, stacklevel=3)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predict targets: float64, shape ``(n_samples,)`` or ``(n_samples, n_targets)``."""
