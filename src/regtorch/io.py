@@ -8,6 +8,7 @@ declared network is the one whose weights the file holds before building the est
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -247,6 +248,50 @@ def _check_extra(extra: Any, n_features: int) -> dict[str, Any]:
     return extra
 
 
+def _restore_linear(
+    est: Any, attrs: dict[str, Any], tensors: dict[str, torch.Tensor], coef: Any, y_1d: bool
+) -> Any:
+    """Hand a linear model's stored state to its ``_set_fitted`` (the one writer)."""
+    from regtorch.linear.estimators import ElasticNet, LinearFit
+
+    k = coef.shape[0]
+    coef_t = torch.as_tensor(coef).mT
+    intercept = tensors["intercept"].reshape(-1)
+    if est.fit_intercept and intercept.numel() != k:
+        raise ValueError(f"intercept has {intercept.numel()} values for {k} targets")
+    if not est.fit_intercept:
+        intercept = torch.zeros(k, dtype=coef_t.dtype)
+    if isinstance(est, ElasticNet):
+        n_iter = np.atleast_1d(np.asarray(attrs.get("n_iter_", 0), dtype=np.int64))
+        if len(n_iter) != k:
+            raise ValueError(f"n_iter_ has {len(n_iter)} values for {k} targets")
+        est._set_fitted(coef_t, intercept, y_1d, [int(v) for v in n_iter], [math.nan] * k)
+        return est
+    bse_unit = tensors.get("bse_unit")
+    n_params = coef.shape[1] + int(bool(est.fit_intercept))
+    if bse_unit is not None and list(bse_unit.shape) != [n_params]:
+        raise ValueError(f"bse_unit has shape {list(bse_unit.shape)} for {n_params} parameters")
+    if "fit_info" not in attrs:
+        raise ValueError("the fit statistics (fit_info) are missing")
+    info = dict(attrs["fit_info"])
+    info["sse"] = np.asarray(info["sse"], dtype=np.float64)
+    info["sst"] = np.asarray(info["sst"], dtype=np.float64)
+    info["X_offset"] = tensors["X_offset"].numpy()
+    fit = LinearFit(
+        coef_t,
+        intercept,
+        int(attrs.get("rank_", coef.shape[1])),
+        str(attrs.get("solver_", "unknown")),
+        info,
+        tensors.get("R"),
+        None if bse_unit is None else bse_unit.numpy(),
+        int(attrs.get("n_iter_", 1)),
+        getattr(est, "history_", None),
+    )
+    est._set_fitted(fit, y_1d)
+    return est
+
+
 def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
     from regtorch.linear.estimators import ElasticNet, Lasso, LinearRegression, Ridge
     from regtorch.nn.loop import History
@@ -274,30 +319,7 @@ def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
         y_1d = bool(attrs["y_1d"])
         if y_1d and coef.shape[0] != 1:
             raise ValueError(f"one target declared, but coef has {coef.shape[0]} rows")
-        est.coef_ = coef[0] if y_1d else coef
-        intercept = tensors["intercept"].numpy()
-        if not params.get("fit_intercept", True):
-            est.intercept_ = 0.0
-        else:
-            est.intercept_ = np.float64(intercept[0]) if y_1d else intercept
-        for a in ("rank_", "solver_", "n_iter_"):
-            if a in attrs:
-                setattr(est, a, attrs[a])
-        est._R = tensors.get("R")
-        bse_unit = tensors.get("bse_unit")
-        n_params = coef.shape[1] + int(bool(params.get("fit_intercept", True)))
-        if bse_unit is not None and list(bse_unit.shape) != [n_params]:
-            raise ValueError(f"bse_unit has shape {list(bse_unit.shape)} for {n_params} parameters")
-        est._bse_unit = None if bse_unit is None else bse_unit.numpy()
-        if "fit_info" in attrs:
-            info = dict(attrs["fit_info"])
-            info["sse"] = np.asarray(info["sse"], dtype=np.float64)
-            info["sst"] = np.asarray(info["sst"], dtype=np.float64)
-            info["X_offset"] = tensors["X_offset"].numpy()
-            est._fit_info = info
-        return est
-    import copy
-
+        return _restore_linear(est, attrs, tensors, coef, y_1d)
     from regtorch.nn.modules import MLP
 
     sizes = params["hidden_layer_sizes"]
@@ -319,21 +341,30 @@ def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
         raise ValueError("the parameters do not describe the network stored in the file")
     if bool(attrs["y_1d"]) and int(attrs["n_outputs"]) != 1:
         raise ValueError("one target declared, but the network has several outputs")
-    est.module_ = module.eval()
-    est._module64 = copy.deepcopy(module).to(dtype=torch.float64).eval()
-    for attr in ("x_mean", "x_scale", "y_mean", "y_scale"):
-        setattr(est, attr + "_", tensors[attr].numpy())
-    est._n_outputs = int(attrs["n_outputs"])
-    est._y_1d = bool(attrs["y_1d"])
-    est.n_iter_ = int(attrs["n_iter_"])
-    est.best_epoch_ = int(attrs["best_epoch_"])
-    if not hasattr(est, "history_") or len(est.history_) != est.n_iter_:
-        raise ValueError("the training history does not match n_iter_")
+    if "history" not in attrs:
+        raise ValueError("the training history is missing")
+    history = History.from_dict(attrs["history"])
+    n_iter, best_epoch = int(attrs["n_iter_"]), int(attrs["best_epoch_"])
     # Ctrl-C in the first epoch leaves no complete epoch: the initial weights, "epoch 0"
-    if est.n_iter_ < 1 and not est.history_.interrupted:
+    if len(history) != n_iter or (n_iter < 1 and not history.interrupted):
         raise ValueError("the training history does not match n_iter_")
-    first = min(1, est.n_iter_)
-    if not first <= est.best_epoch_ <= est.n_iter_:
-        raise ValueError(f"best_epoch_ {est.best_epoch_} is outside {first}..{est.n_iter_}")
-    est.loss_curve_ = list(est.history_.train_loss) if hasattr(est, "history_") else []
+    first = min(1, n_iter)
+    if not first <= best_epoch <= n_iter:
+        raise ValueError(f"best_epoch_ {best_epoch} is outside {first}..{n_iter}")
+    x_mean, x_scale, y_mean, y_scale = (
+        tensors[a].numpy() for a in ("x_mean", "x_scale", "y_mean", "y_scale")
+    )
+    if len(x_mean) != p or len(y_mean) != int(attrs["n_outputs"]):
+        raise ValueError("the stored scaling does not match the network's inputs and outputs")
+    assert isinstance(est, MLPRegressor)
+    est._set_fitted(
+        module,
+        x_mean,
+        x_scale,
+        y_mean,
+        y_scale,
+        history,
+        best_epoch=best_epoch,
+        y_1d=bool(attrs["y_1d"]),
+    )
     return est
