@@ -19,6 +19,8 @@ ENTRIES = {
     "linear": "bench_linear",
     "mlp": "bench_mlp",
     "streaming": "bench_streaming",
+    "engine": "bench_engine",
+    "coldstart": "bench_coldstart",
 }
 
 
