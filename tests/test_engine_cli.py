@@ -206,3 +206,96 @@ def test_streamed_weights_agree_with_the_in_memory_fit(tmp_path, monkeypatch, ca
     streamed = regtorch.load(tmp_path / "str" / "model.safetensors")
     np.testing.assert_allclose(streamed.coef_, mem.coef_, rtol=1e-9)
     assert streamed.intercept_ == pytest.approx(mem.intercept_, rel=1e-9)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_checkpoint_resume_ends_as_the_uninterrupted_fit(tmp_path, monkeypatch, capsys, stream):
+    """Ctrl-C after epoch 3, then the same command with --checkpoint: the uninterrupted model."""
+    from regtorch.nn.loop import Callback
+    from regtorch.nn.mlp import MLPRegressor
+
+    s = regtorch.make_sine()
+    data = tmp_path / "sine.parquet"
+    pd.DataFrame({"x": s.X_train[:, 0], "y": np.ravel(s.y_train)}).to_parquet(data, index=False)
+    common = [
+        "--target",
+        "y",
+        "--model",
+        "mlp",
+        "--epochs",
+        "6",
+        "--hidden",
+        "16,16",
+        "--batch-size",
+        "64",
+    ]
+    common += ["--seed", "3", *(["--stream"] if stream else [])]
+    ck = tmp_path / "run.ckpt"
+
+    class CtrlC(Callback):
+        def on_epoch_end(self, state):
+            if state.epoch == 2:
+                raise KeyboardInterrupt
+
+    original = MLPRegressor._callbacks
+
+    def with_ctrl_c(self, *a, **kw):
+        callbacks, stopper = original(self, *a, **kw)
+        return [*callbacks, CtrlC()], stopper
+
+    monkeypatch.setattr(MLPRegressor, "_callbacks", with_ctrl_c)
+    code, _, err = cli(monkeypatch, capsys, "fit", data, *common, "--checkpoint", ck)
+    assert code == 0, err
+    assert ck.exists()
+    monkeypatch.setattr(MLPRegressor, "_callbacks", original)
+    resumed = fit_record(
+        monkeypatch, capsys, tmp_path / "resumed", data, *common, "--checkpoint", ck
+    )
+    whole = fit_record(monkeypatch, capsys, tmp_path / "whole", data, *common)
+    assert resumed["metrics"] == whole["metrics"]
+    a = regtorch.load(tmp_path / "resumed" / "model.safetensors")
+    b = regtorch.load(tmp_path / "whole" / "model.safetensors")
+    assert a.n_iter_ == b.n_iter_ == 6
+    assert a.history_.train_loss == b.history_.train_loss
+    grid = np.linspace(-3, 3, 50).reshape(-1, 1)
+    assert np.array_equal(a.predict(grid), b.predict(grid))
+
+
+def test_checkpoint_is_refused_for_one_pass_models(tmp_path, monkeypatch, capsys, housing):
+    path, _ = housing
+    fails(
+        monkeypatch,
+        capsys,
+        "fits in one pass",
+        "fit",
+        path,
+        "--target",
+        "price",
+        "--checkpoint",
+        tmp_path / "c.ckpt",
+    )
+
+
+def test_deferred_module_loads_unchanged_on_first_use():
+    code = (
+        "import sys; from regtorch.cli import _defer_imports; _defer_imports(['colorsys']); "
+        "import colorsys; assert type(sys.modules['colorsys']).__name__ == '_Deferred'; "
+        "assert colorsys.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0); "
+        "from colorsys import hls_to_rgb; assert hls_to_rgb(0, 0, 0) == (0, 0, 0); "
+        "assert type(sys.modules['colorsys']).__name__ == 'module'; print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_linear_fit_never_loads_scipy_stats(tmp_path):
+    s = regtorch.make_sine()
+    data = tmp_path / "small.csv"
+    pd.DataFrame({"x": s.X_train[:, 0], "y": np.ravel(s.y_train)}).to_csv(data, index=False)
+    code = (
+        "import sys; from regtorch.cli import main; "
+        f"code = main(['fit', {str(data)!r}, '--target', 'y', '--model', 'linear']); "
+        "print(code, type(sys.modules['scipy.stats']).__name__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip().splitlines()[-1] == "0 _Deferred", done.stderr

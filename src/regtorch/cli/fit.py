@@ -67,7 +67,19 @@ def _estimator(args: argparse.Namespace) -> Any:
         kw["solver"] = args.solver
     if args.alpha is not None:
         kw["alpha"] = args.alpha
+    if args.checkpoint:
+        kw["checkpoint_path"] = args.checkpoint
+        kw["checkpoint_every"] = args.checkpoint_every
     return regtorch.MLPRegressor(**kw)
+
+
+def _resume_from(args: argparse.Namespace) -> str | None:
+    """``--checkpoint FILE`` resumes from FILE when it exists (e.g. after a torchrun restart)."""
+    if not args.checkpoint:
+        return None
+    if args.model != "mlp":
+        raise UserError(f"--checkpoint: --model {args.model} fits in one pass; it has no epochs.")
+    return args.checkpoint if Path(args.checkpoint).is_file() else None
 
 
 def _parts(rows: Any, seed: int, test_size: float, val_size: float) -> Any:
@@ -124,6 +136,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     if getattr(args, "weight", None) and args.model == "mlp":
         raise UserError(f"{WEIGHT_MLP}; fit a linear model (linear, ridge, lasso, elasticnet).")
+    _resume_from(args)  # --checkpoint is checked before any data is read
     out = Path(args.out) if args.out else None
     # --out is checked and locked before the fit, and stays locked until its swap
     with claim_output(out, force=args.force, inputs=[args.data]):
@@ -211,6 +224,9 @@ def _fit_in_memory(args: argparse.Namespace, out: Path | None) -> int:
         fit_kw = {"X_val": Xdf.iloc[val_idx], "y_val": y_fit[val_idx]}
     if w is not None:
         fit_kw["sample_weight"] = w[train_idx]
+    resume = _resume_from(args)
+    if resume is not None:
+        fit_kw["resume_from"] = resume
     est.fit(Xdf.iloc[train_idx], y_fit[train_idx], **fit_kw)
     # no test rows (--test-size 0): an empty prediction of the right shape
     pred = est.predict(Xdf.iloc[test_idx]) if len(test_idx) else y_fit[test_idx]

@@ -186,6 +186,20 @@ def _add_fit_run(fit: argparse.ArgumentParser) -> None:
         default=300.0,
         help="seconds a rank waits for the others under torchrun (default 300)",
     )
+    fit.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="MLP: write a resumable checkpoint to FILE (safetensors + JSON, atomic; rank 0 "
+        "under torchrun) and, if FILE exists, resume from it: the run ends as the "
+        "uninterrupted one would (a checkpoint of other data or settings is refused)",
+    )
+    fit.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="epochs between checkpoints (default 1)",
+    )
     fit.add_argument("--out", metavar="DIR", help="write the model, metrics, plots and report.html")
     fit.add_argument("--force", action="store_true", help="replace an existing model in DIR")
     fit.add_argument(

@@ -16,6 +16,7 @@ from regtorch.cli.fit import (
     _estimator,
     _memory_limit,
     _parts,
+    _resume_from,
     _say_metrics,
 )
 from regtorch.cli.present import (
@@ -100,7 +101,10 @@ def _stream_fit(args: argparse.Namespace, est: Any, source: Any) -> dict[str, An
     if args.model == "mlp":
         est.set_params(verbose=False)
         fit_stream = stream_fit_mlp
-        extra_kw: dict[str, Any] = {"val_fraction": args.val_size}
+        extra_kw: dict[str, Any] = {
+            "val_fraction": args.val_size,
+            "resume_from": _resume_from(args),
+        }
     else:
         fit_stream, extra_kw = stream_fit_linear, {}
     info: dict[str, Any] = fit_stream(
