@@ -235,13 +235,14 @@ class StreamBatches:
         The buffer is cut from the stream of training rows at fixed multiples of
         ``buffer_rows``, so the batches do not depend on how the source sizes its reads.
         """
+        from regtorch.data.prefetch import prefetch
+
         p = self.p
         taken = 0
         carry = torch.zeros(0, p + len(self.source.targets), device=self.device, dtype=self.dtype)
-        for b in self.source.batches(self.missing, epoch_seed=self.seed * 7919 + index):
-            sel = self.keep(b.rows)
-            if sel.any():
-                carry = torch.cat([carry, self._scaled(b.Z[sel])])
+        # the next batch is read, selected and scaled in a thread while this one trains
+        for rows in prefetch(self._training_rows(index)):
+            carry = torch.cat([carry, rows])
             while len(carry) >= self.buffer_rows and taken < self.n_steps:
                 buf, carry = carry[: self.buffer_rows], carry[self.buffer_rows :]
                 for zb in self._draw(buf, generator, self.n_steps - taken):
@@ -251,6 +252,13 @@ class StreamBatches:
                 return
         for zb in self._draw(carry, generator, self.n_steps - taken):
             yield zb[:, :p], zb[:, p:]
+
+    def _training_rows(self, index: int) -> Iterator[torch.Tensor]:
+        """This rank's training rows of epoch ``index``, scaled, in reading order."""
+        for b in self.source.batches(self.missing, epoch_seed=self.seed * 7919 + index):
+            sel = self.keep(b.rows)
+            if sel.any():
+                yield self._scaled(b.Z[sel])
 
     def _draw(self, buf: torch.Tensor, gen: torch.Generator, limit: int) -> Iterator[torch.Tensor]:
         bs = self.batch_size
