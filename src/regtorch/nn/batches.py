@@ -239,19 +239,25 @@ class StreamBatches:
 
         p = self.p
         taken = 0
-        carry = torch.zeros(0, p + len(self.source.targets), device=self.device, dtype=self.dtype)
-        # the next batch is read, selected and scaled in a thread while this one trains
+        width = p + len(self.source.targets)
+        chunks = [torch.zeros(0, width, device=self.device, dtype=self.dtype)]
+        held = 0
+        # the next batch is read, selected and scaled in a thread while this one trains;
+        # rows wait as a list of chunks, joined once per buffer
         for rows in prefetch(self._training_rows(index)):
-            carry = torch.cat([carry, rows])
-            while len(carry) >= self.buffer_rows and taken < self.n_steps:
-                buf, carry = carry[: self.buffer_rows], carry[self.buffer_rows :]
+            chunks.append(rows)
+            held += len(rows)
+            while held >= self.buffer_rows and taken < self.n_steps:
+                carry = torch.cat(chunks)
+                buf, rest = carry[: self.buffer_rows], carry[self.buffer_rows :]
+                chunks, held = [rest], len(rest)
                 for zb in self._draw(buf, generator, self.n_steps - taken):
                     taken += 1
-                    yield zb[:, :p], zb[:, p:]
+                    yield zb[:, :p].contiguous(), zb[:, p:].contiguous()
             if taken >= self.n_steps:
                 return
-        for zb in self._draw(carry, generator, self.n_steps - taken):
-            yield zb[:, :p], zb[:, p:]
+        for zb in self._draw(torch.cat(chunks), generator, self.n_steps - taken):
+            yield zb[:, :p].contiguous(), zb[:, p:].contiguous()
 
     def _training_rows(self, index: int) -> Iterator[torch.Tensor]:
         """This rank's training rows of epoch ``index``, scaled, in reading order."""
