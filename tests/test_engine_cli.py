@@ -261,6 +261,17 @@ def test_checkpoint_resume_ends_as_the_uninterrupted_fit(tmp_path, monkeypatch, 
     assert np.array_equal(a.predict(grid), b.predict(grid))
 
 
+def test_checkpoint_path_problems_are_named_before_training(tmp_path, monkeypatch, capsys, housing):
+    path, _ = housing
+    mlp = ["fit", path, "--target", "price", "--model", "mlp", "--epochs", "2"]
+    fails(monkeypatch, capsys, "is a folder", *mlp, "--checkpoint", tmp_path)
+    fails(monkeypatch, capsys, "does not exist", *mlp, "--checkpoint", tmp_path / "no" / "c")
+    victim = tmp_path / "notes.csv"
+    victim.write_text("my,data\n1,2\n")
+    fails(monkeypatch, capsys, "not loaded", *mlp, "--checkpoint", victim)
+    assert victim.read_text() == "my,data\n1,2\n"  # never overwritten
+
+
 def test_checkpoint_is_refused_for_one_pass_models(tmp_path, monkeypatch, capsys, housing):
     path, _ = housing
     fails(

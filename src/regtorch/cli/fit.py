@@ -79,7 +79,12 @@ def _resume_from(args: argparse.Namespace) -> str | None:
         return None
     if args.model != "mlp":
         raise UserError(f"--checkpoint: --model {args.model} fits in one pass; it has no epochs.")
-    return args.checkpoint if Path(args.checkpoint).is_file() else None
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        raise UserError(f"--checkpoint {path}: is a folder; give a file name, e.g. {path}/run.ckpt")
+    if not path.parent.is_dir():
+        raise UserError(f"--checkpoint {path}: the folder {path.parent} does not exist.")
+    return str(path) if path.is_file() else None
 
 
 def _parts(rows: Any, seed: int, test_size: float, val_size: float) -> Any:
