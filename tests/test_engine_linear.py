@@ -311,3 +311,34 @@ def test_moment_state_weights_rows_and_merge():
         Zc = np.column_stack([X, Y]) - mean
         C = (Zc * W[:, None]).T @ Zc
         np.testing.assert_allclose((st.C / torch.outer(st.scale, st.scale)).numpy(), C, rtol=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e300, 1e-300, 1e200])
+def test_weights_beyond_the_safe_range_are_refused_in_both_modes(scale):
+    from regtorch.data import ArraySource
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    y = X @ [1.0, 2.0, 3.0] + 1 + rng.normal(size=200)
+    w = rng.uniform(0.1, 1, 200) * scale
+    with pytest.raises(ValueError, match="between 1e-150 and 1e\\+150"):
+        LinearRegression().fit(X, y, sample_weight=w)
+    with pytest.raises(ValueError, match="between 1e-150 and 1e\\+150"):
+        stream_fit_linear(LinearRegression(), ArraySource(X, y, sample_weight=w, batch_rows=50))
+
+
+@pytest.mark.parametrize("scale", [1e149, 1e-149])
+def test_weights_at_the_ends_of_the_range_fit_as_unscaled_ones(scale):
+    from regtorch.data import ArraySource
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 3))
+    y = X @ [1.0, 2.0, 3.0] + 1 + rng.normal(size=200)
+    u = rng.uniform(0.1, 1, 200)
+    ref = LinearRegression().fit(X, y, sample_weight=u)
+    mem = LinearRegression().fit(X, y, sample_weight=u * scale)
+    streamed = LinearRegression()
+    stream_fit_linear(streamed, ArraySource(X, y, sample_weight=u * scale, batch_rows=50))
+    for est in (mem, streamed):
+        np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(est.summary().bse, ref.summary().bse, rtol=1e-9)

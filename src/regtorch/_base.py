@@ -153,7 +153,25 @@ def check_sample_weight(sample_weight: Any, X: np.ndarray) -> np.ndarray:
     sw = _check_sample_weight(to_numpy_input(sample_weight), X, dtype=np.float64)
     if np.any(sw < 0):
         raise ValueError("Negative values in data passed to `sample_weight`")
+    check_weight_range(sw)
     return sw
+
+
+# positive weights beyond these make weighted sums of squares overflow or lose their digits
+WEIGHT_RANGE = (1e-150, 1e150)
+
+
+def check_weight_range(w: Any) -> None:
+    """ValueError when a positive sample weight lies outside ``WEIGHT_RANGE``."""
+    w = np.asarray(w, dtype=np.float64)
+    pos = w[w > 0]
+    if pos.size and (pos.min() < WEIGHT_RANGE[0] or pos.max() > WEIGHT_RANGE[1]):
+        bad = pos.min() if pos.min() < WEIGHT_RANGE[0] else pos.max()
+        raise ValueError(
+            f"sample_weight values must be 0 or between {WEIGHT_RANGE[0]:g} and "
+            f"{WEIGHT_RANGE[1]:g}; found {bad:g}. Only their ratios matter to the fit's "
+            "coefficients: divide them by a constant."
+        )
 
 
 def validate_predict_input(est: Any, X: Any, dtype: Any = np.float64) -> np.ndarray:

@@ -155,6 +155,9 @@ def _check_weights(w: torch.Tensor, n: int) -> torch.Tensor:
         raise ValueError("sample_weight contains NaN or infinite values.")
     if bool((w < 0).any()):
         raise ValueError(f"sample_weight must be non-negative; found {float(w.min()):g}.")
+    from regtorch._base import check_weight_range
+
+    check_weight_range(w.numpy())
     return w
 
 
