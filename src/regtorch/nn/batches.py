@@ -211,9 +211,10 @@ class StreamBatches:
         self.has_validation = distributed.reduce_sum([float(len(self._val))])[0] > 0
 
     def _scaled(self, Z: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(((Z - self.mean) / self.scale).astype(np.float32)).to(
-            self.device, self.dtype
-        )
+        # one float64 temporary, scaled in place, then one cast
+        out = np.subtract(Z, self.mean)
+        np.divide(out, self.scale, out=out)
+        return torch.from_numpy(out.astype(np.float32)).to(self.device, self.dtype)
 
     def _validation_rows(self, is_val: Callable[[np.ndarray], np.ndarray], limit: int) -> Any:
         parts, kept = [], 0
@@ -263,7 +264,9 @@ class StreamBatches:
         """This rank's training rows of epoch ``index``, scaled, in reading order."""
         for b in self.source.batches(self.missing, epoch_seed=self.seed * 7919 + index):
             sel = self.keep(b.rows)
-            if sel.any():
+            if sel.all():
+                yield self._scaled(b.Z)  # no copy of the batch when every row trains
+            elif sel.any():
                 yield self._scaled(b.Z[sel])
 
     def _draw(self, buf: torch.Tensor, gen: torch.Generator, limit: int) -> Iterator[torch.Tensor]:
