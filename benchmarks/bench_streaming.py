@@ -119,7 +119,7 @@ def run(args: Any) -> str:
     path = _dataset(gb)
     meta = json.loads(path.with_suffix(".json").read_text())
     size_mb = path.stat().st_size / 1e6
-    budget = os.environ.get("REGTORCH_BENCH_MEMORY", "512MB")
+    budget = os.environ.get("REGTORCH_BENCH_MEMORY", "1GB")
     src = TableSource(path, "y", memory_limit=parse_memory(budget))
     rows = meta["rows"]
     est = LinearRegression()
