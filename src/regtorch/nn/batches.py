@@ -252,13 +252,12 @@ class StreamBatches:
                 carry = torch.cat(chunks)
                 buf, rest = carry[: self.buffer_rows], carry[self.buffer_rows :]
                 chunks, held = [rest], len(rest)
-                for zb in self._draw(buf, generator, self.n_steps - taken):
+                for pair in self._draw(buf, generator, self.n_steps - taken):
                     taken += 1
-                    yield zb[:, :p].contiguous(), zb[:, p:].contiguous()
+                    yield pair
             if taken >= self.n_steps:
                 return
-        for zb in self._draw(torch.cat(chunks), generator, self.n_steps - taken):
-            yield zb[:, :p].contiguous(), zb[:, p:].contiguous()
+        yield from self._draw(torch.cat(chunks), generator, self.n_steps - taken)
 
     def _training_rows(self, index: int) -> Iterator[torch.Tensor]:
         """This rank's training rows of epoch ``index``, scaled, in reading order."""
@@ -269,13 +268,17 @@ class StreamBatches:
             elif sel.any():
                 yield self._scaled(b.Z[sel])
 
-    def _draw(self, buf: torch.Tensor, gen: torch.Generator, limit: int) -> Iterator[torch.Tensor]:
+    def _draw(self, buf: torch.Tensor, gen: torch.Generator, limit: int) -> Iterator[Pair]:
+        """Up to ``limit`` shuffled batches of ``buf``; features and targets held apart
+        (contiguous), so each batch is one gather from each, as in memory."""
         bs = self.batch_size
         if limit <= 0 or len(buf) < bs:
             return
+        X, Y = buf[:, : self.p].contiguous(), buf[:, self.p :].contiguous()
         perm = torch.randperm(len(buf), generator=gen).to(self.device)
         for i in range(0, min(len(buf) - bs + 1, limit * bs), bs):
-            yield buf[perm[i : i + bs]]
+            idx = perm[i : i + bs]
+            yield X[idx], Y[idx]
 
     def epoch_loss(self, total: torch.Tensor, count: int) -> torch.Tensor:
         """Mean loss per row over every rank's rows (one reduction per epoch)."""
