@@ -319,3 +319,29 @@ def test_array_source_serves_the_same_batches_as_a_table(tmp_path, kind):
 def test_array_source_refuses_bad_input(X, y, kw, match):
     with pytest.raises(ValueError, match=match):
         ArraySource(X, y, **kw)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_column_of_numbers_with_typos_is_refused_streamed_as_in_memory(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    price = [f"{v:.2f}" for v in rng.uniform(1, 100, 300)]
+    price[7], price[150] = "1,234", "12..5"  # typos that make the column text
+    df = pd.DataFrame({"price": price, "y": rng.normal(size=300)})
+    path = tmp_path / f"t{suffix}"
+    df.to_csv(path, index=False) if suffix == ".csv" else df.to_parquet(path, index=False)
+    mem = read_table(path)
+    with pytest.raises(DataError, match="'price' holds numbers except for 2 value") as in_memory:
+        prepare(mem, "y", categorical="onehot")
+    with pytest.raises(DataError, match="'price' holds numbers except for 2 value") as streamed:
+        TableSource(path, "y", categorical="onehot")
+    for exc in (in_memory, streamed):
+        assert "'1,234'" in str(exc.value) and "'12..5'" in str(exc.value)
+
+
+def test_a_real_text_column_with_some_numbers_still_streams(tmp_path):
+    rng = np.random.default_rng(1)
+    towns = rng.choice(["north", "south", "east", "west", "10", "12"], 300)
+    df = pd.DataFrame({"town": towns, "y": rng.normal(size=300)})
+    df.to_parquet(tmp_path / "t.parquet", index=False)
+    src = TableSource(tmp_path / "t.parquet", "y", categorical="onehot")
+    assert src.features == prepare(df, "y", categorical="onehot")[2].output_names

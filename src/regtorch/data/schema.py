@@ -379,6 +379,29 @@ def text_levels(s: Any) -> set[str]:
     return set(_as_text(s).dropna().unique().tolist())
 
 
+def text_counts(s: Any) -> dict[str, int]:
+    """How often each present value of a column read as text occurs."""
+    return {str(k): int(v) for k, v in _as_text(s).dropna().value_counts().items()}
+
+
+def check_counts_not_almost_numeric(col: str, counts: dict[str, int]) -> None:
+    """:func:`_check_not_almost_numeric` for a streamed column, from its value counts."""
+    import pandas as pd
+
+    if len(counts) <= NUMERIC_MIN_DISTINCT:
+        return
+    n = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
+    is_number = np.isfinite(_numbers(pd.Series(list(counts), dtype=object)).to_numpy())
+    if is_number.sum() <= NUMERIC_MIN_DISTINCT or n[is_number].sum() < NUMERIC_SHARE * n.sum():
+        return
+    values = [repr(v) for v, ok in zip(counts, is_number) if not ok][:5]
+    raise DataError(
+        f"Column {col!r} holds numbers except for {int(n[~is_number].sum())} value(s): "
+        f"{', '.join(values)} (one-hot encoding would make {len(counts) - 1} indicator columns "
+        "of it); fix those values, or drop the column with --features."
+    )
+
+
 def _check_targets(df: Any, cols: list[str], targets: list[str]) -> None:
     """Target columns given once, present and numeric."""
     _no_duplicates(targets, "target")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +38,10 @@ from regtorch.data.schema import (
     _listing,
     _no_duplicates,
     bad_weights_message,
+    check_counts_not_almost_numeric,
     missing_counts,
     missing_masks,
-    text_levels,
+    text_counts,
 )
 from regtorch.distributed import rank_world
 
@@ -229,13 +231,15 @@ class TableSource(CsvReading):
 
     def _levels(self, max_levels: int) -> dict[str, list[str]]:
         """Categories of the text columns, over the rows complete in every used column."""
-        found: dict[str, set[str]] = {c: set() for c in self._text}
+        found: dict[str, Counter[str]] = {c: Counter() for c in self._text}
         for rb, *_ in self._record_batches(0, 1, None, UNIT_ROWS):
             num, text = self._raw(rb)
             bad = self._missing(num, text)
             keep = ~np.logical_or.reduce(list(bad.values())) if bad else None
             for c in self._text:
-                found[c] |= text_levels(text[c] if keep is None else text[c][keep])
+                found[c].update(text_counts(text[c] if keep is None else text[c][keep]))
+        for c, counts in found.items():  # as in memory: a column of numbers with typos
+            check_counts_not_almost_numeric(c, dict(counts))
         cats = {c: sorted(v) for c, v in found.items()}
         _check_levels(cats, max_levels)
         return cats
