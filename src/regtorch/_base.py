@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, cast
 
 import numpy as np
 import torch
-from sklearn.utils.validation import _check_sample_weight, validate_data
+from sklearn.utils.validation import validate_data
 
 from regtorch._validation import resolve_device
 
@@ -148,13 +149,74 @@ def same_data(a: Any, b: Any, rtol: float = 1e-9) -> bool:
     return bool(np.allclose(fa, fb, rtol=rtol, atol=rtol))
 
 
-def check_sample_weight(sample_weight: Any, X: np.ndarray) -> np.ndarray:
-    """scikit-learn's sample_weight checks plus a clear error for negative weights."""
-    sw = _check_sample_weight(to_numpy_input(sample_weight), X, dtype=np.float64)
+def check_sample_weight(sample_weight: Any, n_samples: int | Any) -> np.ndarray:
+    """Validated sample weights: float64, shape ``(n_samples,)``, finite, non-negative.
+
+    Parameters
+    ----------
+    sample_weight : None, scalar or array-like of shape (n_samples,)
+        None gives ones and a scalar gives a constant (scikit-learn's convention).
+    n_samples : int or array-like
+        The number of samples, or the data whose rows they are.
+
+    Raises
+    ------
+    ValueError
+        In scikit-learn's words for a wrong shape (``sample_weight.shape == (3,), expected
+        (4,)!``), NaN or infinity, negative values, all zeros; also for values outside
+        ``WEIGHT_RANGE``.
+    """
+    n = int(n_samples) if isinstance(n_samples, numbers.Integral) else _n_rows(n_samples)
+    if sample_weight is None:
+        return np.ones(n, dtype=np.float64)
+    if isinstance(sample_weight, numbers.Number) and not isinstance(sample_weight, complex):
+        sw = np.full(n, float(sample_weight), dtype=np.float64)  # type: ignore[arg-type]
+    else:
+        sw = _weights_array(sample_weight)
+        if sw.ndim != 1:
+            raise ValueError(
+                f"Sample weights must be 1D array or scalar, got {sw.ndim}D array. Expected "
+                f"either a scalar value or a 1D array of length {n}."
+            )
+        if sw.shape != (n,):
+            raise ValueError(f"sample_weight.shape == {sw.shape}, expected {(n,)}!")
+    if np.isnan(sw).any():
+        raise ValueError("Input sample_weight contains NaN.")
+    if np.isinf(sw).any():
+        raise ValueError("Input sample_weight contains infinity.")
     if np.any(sw < 0):
         raise ValueError("Negative values in data passed to `sample_weight`")
+    if n and not np.any(sw):
+        raise ValueError("Sample weights must contain at least one non-zero number.")
     check_weight_range(sw)
     return sw
+
+
+def _n_rows(X: Any) -> int:
+    """Rows of an array, DataFrame or tensor."""
+    shape = getattr(X, "shape", None)
+    if shape is not None and len(shape) > 0:
+        return int(shape[0])
+    return len(X)
+
+
+def _weights_array(sample_weight: Any) -> np.ndarray:
+    """Array-like weights as a contiguous float64 array; a clear error for non-numbers."""
+    sw = to_numpy_input(sample_weight)
+    if hasattr(sw, "to_numpy"):  # pandas: nullable dtypes give NaN for missing values
+        try:
+            sw = sw.to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError):
+            sw = sw.to_numpy()
+    arr = np.asarray(sw)
+    if arr.dtype.kind == "c":
+        raise ValueError("Complex data not supported for sample_weight.")
+    try:
+        return np.ascontiguousarray(arr, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"sample_weight must hold numbers; got values of dtype {arr.dtype} ({exc})."
+        ) from exc
 
 
 # positive weights beyond these make weighted sums of squares overflow or lose their digits

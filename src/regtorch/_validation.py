@@ -21,10 +21,15 @@ __all__ = [
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """Return a torch device; ``"auto"`` (or None) picks CUDA, then MPS, then CPU."""
+    """Return a torch device; ``"auto"`` (or None) picks CUDA, then MPS, then CPU.
+
+    Under ``torchrun`` (``LOCAL_RANK`` set), ``"auto"`` and ``"cuda"`` without an index give
+    ``cuda:LOCAL_RANK``, so that each process of a node lands on its own GPU; an explicit
+    ``"cuda:N"`` is used as given.
+    """
     if device is None or (isinstance(device, str) and device == "auto"):
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return _local_cuda()
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             return torch.device("mps")
@@ -38,7 +43,33 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         ) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but CUDA is not available on this machine.")
+    if dev.type == "cuda" and dev.index is None:
+        return _local_cuda()
     return dev
+
+
+def _local_cuda() -> torch.device:
+    """``cuda:LOCAL_RANK`` under torchrun, else the current CUDA device (``"cuda"``)."""
+    import os
+
+    local = os.environ.get("LOCAL_RANK")
+    if local is None or local.strip() == "":
+        return torch.device("cuda")
+    try:
+        index = int(local)
+    except ValueError:
+        raise ValueError(
+            f"LOCAL_RANK={local!r} is not a process index (torchrun sets 0, 1, ...)."
+        ) from None
+    count = torch.cuda.device_count()
+    if not 0 <= index < count:
+        raise ValueError(
+            f"LOCAL_RANK={index} but only {count} CUDA device(s) are visible to this process: "
+            "start at most that many processes per node (torchrun --nproc-per-node), or, "
+            "where each process sees only its own GPU (CUDA_VISIBLE_DEVICES set per rank), "
+            "pass device='cuda:0' (--device cuda:0)."
+        )
+    return torch.device("cuda", index)
 
 
 def _is_string_like(arr: np.ndarray) -> bool:

@@ -60,9 +60,9 @@ def init_from_env(device: str = "cpu", timeout_s: float = 300.0) -> bool:
         return False
     if not dist.is_available():
         raise RuntimeError("torch.distributed is not available in this PyTorch build.")
-    use_nccl = device.startswith("cuda") and torch.cuda.is_available()
+    use_nccl = _uses_cuda(device)
     if use_nccl:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(_local_device())
     # with CUDA, NCCL moves the gradients and gloo the small CPU tensors of the collectives
     # below (statistics, losses, generator states), which NCCL cannot take
     backend = "cpu:gloo,cuda:nccl" if use_nccl else "gloo"
@@ -76,6 +76,24 @@ def init_from_env(device: str = "cpu", timeout_s: float = 300.0) -> bool:
             backend=backend, timeout=timeout, store=store, rank=rank, world_size=world
         )
     return dist.get_world_size() > 1
+
+
+def _uses_cuda(device: str | torch.device | None) -> bool:
+    """Whether a fit on ``device`` runs on CUDA ("auto" does where CUDA is available)."""
+    name = "auto" if device is None else str(device)
+    return (name == "auto" or name.startswith("cuda")) and torch.cuda.is_available()
+
+
+def _local_device() -> int:
+    """This rank's CUDA device: ``LOCAL_RANK``, checked against the visible devices.
+
+    An explicit ``cuda:N`` is the same on every rank; the ranks of a node cannot share one
+    GPU under NCCL, so the group always binds each rank to its local GPU.
+    """
+    from regtorch._validation import resolve_device
+
+    index = resolve_device("cuda").index
+    return 0 if index is None else int(index)
 
 
 def _attempt_store(timeout: datetime.timedelta) -> torch.distributed.Store | None:

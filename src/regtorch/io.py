@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from regtorch._files import IntegrityError, dump_safetensors, write_bytes_atomic
+from regtorch.exceptions import DataWarning
 
 __all__ = ["ModelFileError", "load", "save"]
 
@@ -132,7 +133,8 @@ def save(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "class": name,
-        "params": {k: _jsonable(v) for k, v in estimator.get_params().items()},
+        # callbacks watch a training run; they are not part of the model
+        "params": {k: _jsonable(v) for k, v in estimator.get_params().items() if k != "callbacks"},
         "attributes": attrs,
         "tensors": {
             k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
@@ -193,7 +195,7 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
         warnings.warn(
             f"{p} carries no integrity hash (it was written by an older regtorch), so an "
             "alteration cannot be detected; save it again to add one.",
-            UserWarning,
+            DataWarning,
             stacklevel=3,
         )
     return meta, tensors

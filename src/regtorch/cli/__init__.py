@@ -132,13 +132,27 @@ def _defer_imports(names: Sequence[str] = DEFERRED_MODULES) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``regtorch`` command."""
-    from regtorch.outputs import InterruptedFit
+    """Entry point of the ``regtorch`` command.
 
+    Warnings print as one line each while the command runs; the previous
+    ``warnings.showwarning`` comes back when ``main`` returns or raises, so a program or
+    notebook that calls ``main`` keeps its own warning display.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     _defer_imports()
+    previous = warnings.showwarning
     warnings.showwarning = _one_line_warning
+    try:
+        return _run(args)
+    finally:
+        warnings.showwarning = previous
+
+
+def _run(args: Any) -> int:
+    """Run the parsed command; every failure becomes one line on stderr and an exit code."""
+    from regtorch.outputs import InterruptedFit
+
     try:
         _check_stdout_open(args)
         _Stdout.broken = False

@@ -44,6 +44,7 @@ from regtorch.data.schema import (
     text_counts,
 )
 from regtorch.distributed import rank_world
+from regtorch.exceptions import DataWarning
 
 __all__ = ["Batch", "TableSource"]
 
@@ -310,6 +311,7 @@ class TableSource(CsvReading):
                 f"{self.path}: subfolder(s) {', '.join(skipped[:5])}"
                 f"{' ...' if len(skipped) > 5 else ''} hold Parquet files that are not read; "
                 "only the folder's own files are.",
+                DataWarning,
                 stacklevel=3,
             )
         if not files:
@@ -321,6 +323,7 @@ class TableSource(CsvReading):
             warnings.warn(
                 f"{self.path}: skipping {len(others)} file(s) that are not .parquet: "
                 f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''}.",
+                DataWarning,
                 stacklevel=3,
             )
         return files

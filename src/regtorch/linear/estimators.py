@@ -23,6 +23,7 @@ from regtorch._base import (
 )
 from regtorch.linear.gradient import _check_not_diverged as _check_not_diverged  # moved there
 from regtorch.linear.gradient import _gradient_fit
+from regtorch.linear.inference import _info_dict
 from regtorch.linear.lstsq import solve_least_squares
 from regtorch.linear.solvers import GramState, elastic_net, enet_duality_gap, gram_state
 
@@ -68,6 +69,35 @@ class _LinearBase(RegressorMixin, BaseEstimator):
         check_is_fitted(self, "coef_")
         Xv = validate_predict_input(self, X)
         return Xv @ np.asarray(self.coef_).T + self.intercept_
+
+    def coef_frame(self) -> Any:
+        """The coefficients as a pandas DataFrame, one row per term.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Index ``["intercept", *feature names]`` (``x0, x1, ...`` for a model fitted
+            without names; no intercept row when ``fit_intercept=False``); one column
+            ``"coef"`` for a 1-D target, else one per target (``"y0", "y1", ...``).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> X = np.array([[0.0], [1.0], [2.0]]); y = np.array([1.0, 3.0, 5.0])
+        >>> LinearRegression().fit(X, y).coef_frame()["coef"].round(6).tolist()
+        [1.0, 2.0]
+        """
+        from regtorch.linear.inference import coef_frame
+
+        check_is_fitted(self, "coef_")
+        return coef_frame(self)
+
+    def to_torch(self) -> torch.nn.Module:
+        """A plain ``torch.nn.Module`` mapping raw features to predictions (see
+        :func:`regtorch.export.to_torch`)."""
+        from regtorch.export import to_torch
+
+        return to_torch(self)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -312,42 +342,6 @@ def _fit_info(
     else:
         sst = (y.square() * ww).sum(0)
     return _info_dict(X, w, sse, sst, xo)
-
-
-def _info_dict(
-    X: torch.Tensor,
-    w: torch.Tensor | None,
-    sse: torch.Tensor,
-    sst: torch.Tensor,
-    xo: torch.Tensor,
-) -> dict[str, Any]:
-    """The sums the statistics need, from the training rows and weights."""
-    n = int(X.shape[0])
-    if w is None:
-        return fit_info(n, n, float(n), 0.0, sse, sst, xo)
-    log_w = float(torch.log(w[w > 0]).sum())
-    return fit_info(n, int((w > 0).sum()), float(w.sum()), log_w, sse, sst, xo)
-
-
-def fit_info(
-    n: int,
-    n_eff: int,
-    sw_sum: float,
-    log_w_sum: float,
-    sse: torch.Tensor,
-    sst: torch.Tensor,
-    xo: torch.Tensor,
-) -> dict[str, Any]:
-    """The sums the statistics need (``_fit_info``); ``n_eff`` counts positive weights."""
-    return {
-        "n": n,
-        "n_eff": n_eff,
-        "sw_sum": sw_sum,
-        "sse": sse.cpu().numpy(),
-        "sst": sst.cpu().numpy(),
-        "log_w_sum": log_w_sum,
-        "X_offset": xo.cpu().numpy(),
-    }
 
 
 class Ridge(LinearRegression):

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from regtorch.linear.solvers import RankWarning, center_and_weight
+from regtorch.exceptions import RankWarning
+from regtorch.linear.solvers import center_and_weight
 from regtorch.nn.loop import History, TrainingDivergedError
 
 __all__ = ["DIVERGENCE_RATIO"]

@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from scipy import special
 
-__all__ = ["COV_TYPES", "RegressionSummary", "predict_interval", "summarize"]
+__all__ = [
+    "COV_TYPES",
+    "RegressionSummary",
+    "coef_frame",
+    "fit_info",
+    "predict_interval",
+    "summarize",
+]
 
 COV_TYPES = ("nonrobust", "HC0", "HC1", "HC2", "HC3")
 
@@ -100,6 +107,56 @@ class RegressionSummary:
         return "\n".join(head) + frame.to_string(float_format=lambda v: f"{v:.6g}")
 
     __repr__ = __str__
+
+    def _header(self) -> list[tuple[str, str]]:
+        """The fit statistics shown above the coefficient table, as (label, value)."""
+        rows = [
+            ("Covariance", self.cov_type),
+            ("No. observations", f"{self.nobs}"),
+            ("Df residuals", f"{self.df_resid:g}"),
+            ("Df model", f"{self.df_model:g}"),
+            ("R-squared", f"{self.rsquared:.6g}"),
+            ("Adj. R-squared", f"{self.rsquared_adj:.6g}"),
+            ("F-statistic", f"{self.fvalue:.6g}"),
+            ("Prob (F-statistic)", f"{self.f_pvalue:.4g}"),
+            ("Log-likelihood", f"{self.llf:.6g}"),
+            ("AIC", f"{self.aic:.6g}"),
+            ("BIC", f"{self.bic:.6g}"),
+            ("Residual std. error", f"{self.resid_std_err:.6g}"),
+        ]
+        return rows + ([("Solver", self.solver)] if self.solver else [])
+
+    def _repr_html_(self) -> str:
+        """The summary as HTML for notebooks: fit statistics, then the coefficient table."""
+        from html import escape
+
+        cells = "".join(
+            f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in self._header()
+        )
+        coefs = self.to_frame().to_html(
+            float_format=lambda v: f"{v:.6g}", escape=True, classes="regtorch-coef"
+        )
+        return (
+            '<div class="regtorch-summary"><p><b>Least squares</b></p>'
+            f'<table class="regtorch-stats">{cells}</table>{coefs}</div>'
+        )
+
+
+def coef_frame(est: Any) -> Any:
+    """A fitted linear model's ``intercept_`` and ``coef_`` as a DataFrame (``coef_frame()``)."""
+    import pandas as pd
+
+    W = np.atleast_2d(np.asarray(est.coef_, dtype=np.float64))  # (k, p)
+    k, p = W.shape
+    feats = getattr(est, "feature_names_in_", None)
+    names = [str(f) for f in feats] if feats is not None else [f"x{i}" for i in range(p)]
+    if est.fit_intercept:
+        b = np.broadcast_to(np.asarray(est.intercept_, dtype=np.float64), (k,))
+        W = np.column_stack([b, W])
+        # a feature already called "intercept" keeps its name; the intercept row gives way
+        names = ["(intercept)" if "intercept" in names else "intercept", *names]
+    columns = ["coef"] if np.ndim(est.coef_) == 1 else [f"y{j}" for j in range(k)]
+    return pd.DataFrame(W.T.copy(), index=pd.Index(names, dtype=object), columns=columns)
 
 
 def _names(est: Any, p: int) -> list[str]:
@@ -294,3 +351,39 @@ def predict_interval(est: Any, X: Any, level: float = 0.95, kind: str = "confide
     pred = np.ravel(est.predict(Xn))
     half = q * np.sqrt(var)
     return np.column_stack([pred, pred - half, pred + half])
+
+
+def _info_dict(
+    X: torch.Tensor,
+    w: torch.Tensor | None,
+    sse: torch.Tensor,
+    sst: torch.Tensor,
+    xo: torch.Tensor,
+) -> dict[str, Any]:
+    """The sums the statistics need, from the training rows and weights."""
+    n = int(X.shape[0])
+    if w is None:
+        return fit_info(n, n, float(n), 0.0, sse, sst, xo)
+    log_w = float(torch.log(w[w > 0]).sum())
+    return fit_info(n, int((w > 0).sum()), float(w.sum()), log_w, sse, sst, xo)
+
+
+def fit_info(
+    n: int,
+    n_eff: int,
+    sw_sum: float,
+    log_w_sum: float,
+    sse: torch.Tensor,
+    sst: torch.Tensor,
+    xo: torch.Tensor,
+) -> dict[str, Any]:
+    """The sums the statistics need (``_fit_info``); ``n_eff`` counts positive weights."""
+    return {
+        "n": n,
+        "n_eff": n_eff,
+        "sw_sum": sw_sum,
+        "sse": sse.cpu().numpy(),
+        "sst": sst.cpu().numpy(),
+        "log_w_sum": log_w_sum,
+        "X_offset": xo.cpu().numpy(),
+    }

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import torch
 
+from regtorch.exceptions import IllConditionedWarning, RankWarning
 from regtorch.linear.extended import (
     _ExtendedMoments,
     extended_moments,
@@ -23,7 +24,6 @@ from regtorch.linear.solvers import (
     EXTENDED_MAX_FEATURES,
     SMALL_PROBLEM_FLOPS,
     LinearSolution,
-    RankWarning,
     center_and_weight,
     gram_state,
     solve_cholesky,
@@ -87,7 +87,9 @@ def solve_least_squares(
         sol = solve_cholesky(X, y, alpha, state=state, sample_weight=sample_weight)
         if sol.solver != "cholesky":
             warnings.warn(
-                f"solver='cholesky' was not used: {sol.solver}.", UserWarning, stacklevel=3
+                f"solver='cholesky' was not used: {sol.solver}.",
+                IllConditionedWarning,
+                stacklevel=3,
             )
     elif solver in ("svd", "qr"):
         c = center_and_weight(X, y, sample_weight, fit_intercept)
@@ -138,7 +140,9 @@ def _against_extended(
                     f"rank {mn.rank} of {p} in extended precision)"
                 )
                 warnings.warn(
-                    f"solver={solver!r} was not used: {mn.solver}.", UserWarning, stacklevel=4
+                    f"solver={solver!r} was not used: {mn.solver}.",
+                    IllConditionedWarning,
+                    stacklevel=4,
                 )
             sol, xo, yo = mn, mxo, myo
     elif ext.rank == p:
@@ -147,7 +151,9 @@ def _against_extended(
                 f"extended (fallback from {sol.solver}: float64 found rank {sol.rank} < {p}, "
                 f"the design has full rank {p} in extended precision)"
             )
-            warnings.warn(f"solver={solver!r} was not used: {note}.", UserWarning, stacklevel=4)
+            warnings.warn(
+                f"solver={solver!r} was not used: {note}.", IllConditionedWarning, stacklevel=4
+            )
             ext.solver = note
             sol, xo, yo = ext, exo, eyo
         else:

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from regtorch.exceptions import IllConditionedWarning, RankWarning
+
 __all__ = [
     "Centered",
     "LinearSolution",
@@ -54,10 +56,6 @@ STREAM_REFINE_COND = 1e3
 # Above this condition number of the scaled Gram (1e7 for the design), a TSQR's float64
 # coefficients are not trusted where double-double moments are at hand.
 TSQR_TRUST_COND = 1e14
-
-
-class RankWarning(UserWarning):
-    """The design matrix is rank deficient; the minimum-norm solution was returned."""
 
 
 @dataclass
@@ -355,7 +353,7 @@ def solve_from_state(state: GramState, alpha: float = 0.0) -> LinearSolution:
             f"The scaled Gram matrix is ill-conditioned (condition number {cond:.2g}); a "
             "one-pass fit is accurate to about that times 1e-16 relative. Standardise or drop "
             "near-collinear columns, or fit in memory, where QR is used.",
-            UserWarning,
+            IllConditionedWarning,
             stacklevel=3,
         )
     L = torch.linalg.cholesky(Gs)

@@ -21,6 +21,7 @@ from regtorch import distributed
 from regtorch.data.prefetch import prefetch
 from regtorch.data.readers import DataError
 from regtorch.data.split import hash01
+from regtorch.exceptions import IllConditionedWarning, RankWarning
 from regtorch.linear.moments import BatchSource, MomentState, _accumulate, kept_rows
 from regtorch.nn.loop import _num_threads
 
@@ -235,12 +236,10 @@ def _least_squares(
 
 def _warn_stream(method: str, sol: Any, p: int) -> None:
     """The one-pass fit's conditioning and rank warnings."""
-    from regtorch.linear.solvers import RankWarning
-
     if method == "streaming-cholesky" and sol.cond is not None and sol.cond > STREAM_COND_WARN:
         warnings.warn(
             f"The scaled Gram matrix is ill-conditioned (condition number {sol.cond:.2g}).",
-            UserWarning,
+            IllConditionedWarning,
             stacklevel=4,
         )
     if sol.rank < p:
@@ -265,7 +264,8 @@ def _assemble(
     refined: tuple[np.ndarray, np.ndarray] | None,
 ) -> Any:
     """The LinearFit in data units from the solution in the scaled units of ``gs``."""
-    from regtorch.linear.estimators import LinearFit, fit_info
+    from regtorch.linear.estimators import LinearFit
+    from regtorch.linear.inference import fit_info
 
     p = gs.G.shape[0]
     sx, sy = scale[:p], scale[p:]
@@ -374,6 +374,6 @@ def _second_pass(
             else f"scaled Gram condition number {cond:.2g} > {TSQR_TRUST_COND:.0e}"
         )
         method = f"streaming-extended (fallback from {method}: {why})"
-        warnings.warn(f"Streamed fit: {method}.", UserWarning, stacklevel=3)
+        warnings.warn(f"Streamed fit: {method}.", IllConditionedWarning, stacklevel=3)
         sol.rank = p
     return method, coef, sse, ext, refined

@@ -17,6 +17,7 @@ import torch
 
 from regtorch import distributed
 from regtorch._files import IntegrityError, dump_safetensors, write_bytes_atomic
+from regtorch.exceptions import DataWarning
 
 if TYPE_CHECKING:
     from regtorch.nn.loop import TrainState
@@ -101,7 +102,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         warnings.warn(
             f"Checkpoint {p} carries no integrity hash (it was written by an older regtorch), "
             "so an alteration cannot be detected.",
-            UserWarning,
+            DataWarning,
             stacklevel=2,
         )
     return dict(payload)
