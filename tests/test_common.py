@@ -25,7 +25,15 @@ ESTIMATORS = [
 ]
 
 # Checks expected to fail, with the reason; none at present.
-EXPECTED_FAILED: dict[str, dict[str, str]] = {}
+EXPECTED_FAILED: dict[str, dict[str, str]] = {
+    "MLPRegressor": {
+        "check_sample_weight_equivalence_on_dense_data": (
+            "the validation hold-out and mini-batches draw rows, not weight, and float32 "
+            "L-BFGS is chaotic; tests/test_mlp_weights.py checks the equivalence for "
+            "full-batch training"
+        )
+    }
+}
 
 
 @parametrize_with_checks(

@@ -172,8 +172,6 @@ def test_weight_errors_are_named(tmp_path, monkeypatch, capsys):
     df = weighted_table(50)
     df.to_csv(tmp_path / "w.csv", index=False)
     data = (tmp_path / "w.csv", "--target", "y")
-    fails(monkeypatch, capsys, "--weight is not supported for --model mlp yet",
-          "fit", *data, "--weight", "w", "--model", "mlp")  # fmt: skip
     fails(monkeypatch, capsys, "--weight nope: no such column", "fit", *data, "--weight", "nope")
     fails(monkeypatch, capsys, "cannot also be a target", "fit", *data, "--weight", "y")
     fails(monkeypatch, capsys, "cannot also be a feature",

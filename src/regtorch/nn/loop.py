@@ -13,13 +13,15 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
 from torch import nn
 
 from regtorch import distributed
+from regtorch.nn.batches import WeightedLoss
+from regtorch.nn.history import History
 from regtorch.nn.optim import (  # noqa: F401
     LOSSES,
     OPTIMIZERS,
@@ -34,6 +36,7 @@ __all__ = [
     "History",
     "TrainState",
     "TrainingDivergedError",
+    "WeightedLoss",
     "init_module",
     "make_loss",
     "make_optimizer",
@@ -42,57 +45,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("regtorch")
-
-
-@dataclass
-class History:
-    """Per-epoch record of a training run.
-
-    Attributes
-    ----------
-    train_loss : list of float
-        Mean training loss of each epoch (for full batch: the loss before that epoch's step).
-    val_loss : list of float
-        Validation loss after each epoch's step; empty without validation data.
-    time : list of float
-        Wall-clock seconds from the start of training to the end of each epoch.
-    lr : list of float
-        Learning rate used in each epoch.
-    """
-
-    train_loss: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    time: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    interrupted: bool = False  # stopped by Ctrl-C
-
-    def __len__(self) -> int:
-        return len(self.train_loss)
-
-    @property
-    def epochs(self) -> int:
-        """Number of epochs recorded."""
-        return len(self.train_loss)
-
-    def best_epoch(self) -> int:
-        """Index of the epoch with the lowest validation loss (training loss without one)."""
-        losses = self.val_loss or self.train_loss
-        if not losses:
-            raise ValueError("History is empty.")
-        finite = [v if math.isfinite(v) else math.inf for v in losses]
-        return min(range(len(finite)), key=finite.__getitem__)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain lists, ready for JSON."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> History:
-        """Inverse of :meth:`to_dict`."""
-        lists = {
-            k: [float(v) for v in d.get(k, [])] for k in ("train_loss", "val_loss", "time", "lr")
-        }
-        return cls(**lists, interrupted=bool(d.get("interrupted", False)))
 
 
 class TrainingDivergedError(ValueError):
@@ -262,14 +214,16 @@ def train(
     num_threads: int | None = None,
     resume_from: str | os.PathLike[str] | None = None,
     init: bool = True,
+    sample_weight: torch.Tensor | Any | None = None,
+    sample_weight_val: torch.Tensor | Any | None = None,
 ) -> History:
     """Train ``module`` on ``(X, y)`` or on a batch provider; return its :class:`History`.
 
     ``module`` maps ``(n_samples, n_features)`` to ``(n_samples, n_targets)`` and is trained
-    in place. ``X, y`` (y 1-D or 2-D) and the optional ``X_val, y_val`` (evaluated after
-    every epoch, in inference mode) go on ``device`` ("auto": CUDA, MPS, CPU) as ``dtype``;
-    or ``batches`` (:mod:`regtorch.nn.batches`, e.g. a table streamed under ``torchrun``:
-    the module is then wrapped in DistributedDataParallel) brings its own rows and device.
+    in place. ``X, y`` (y 1-D or 2-D), optional ``X_val, y_val`` (evaluated after every
+    epoch) and row weights ``sample_weight, sample_weight_val`` (:class:`WeightedLoss`) go
+    on ``device`` ("auto": CUDA, MPS, CPU) as ``dtype``; or ``batches`` (e.g. a table
+    streamed under ``torchrun``, the module then in DistributedDataParallel) brings its own.
     ``optimizer`` is "adam", "adamw", "sgd" or "lbfgs" (full batch only); ``batch_size=None``
     trains full batch; ``loss`` is "mse", "mae", "huber", "smooth_l1" or a module;
     ``lr_schedule`` ("cosine", "linear") decays ``lr`` to ``lr / 100`` over the epochs;
@@ -301,18 +255,17 @@ def train(
     """
     if int(epochs) < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    data = (X, y, X_val, y_val)
+    data = (X, y, X_val, y_val, sample_weight, sample_weight_val)
     batches = _provider(batches, data, batch_size, optimizer, device, dtype)
     if seed is not None and init and resume_from is None:
         init_module(module, int(seed))
     state = _state(module, batches, optimizer, lr, weight_decay, epochs, lr_schedule, seed, dtype)
     state.callbacks = callbacks
+    start = 0
     if resume_from is not None:
         from regtorch.nn.checkpoint import restore
 
         start = restore(state, resume_from, lr_schedule)
-    else:
-        start = 0
     loop = _Loop(state, make_loss(loss), penalty, lr)
     threads = num_threads if num_threads is not None else _auto_threads(module, batches.batch_size)
     with _num_threads(threads), _sigterm_as_interrupt():
@@ -321,20 +274,24 @@ def train(
 
 def _provider(
     batches: Any,
-    data: tuple[Any, Any, Any, Any],
+    data: tuple[Any, ...],
     batch_size: int | None,
     optimizer: str,
     device: str | torch.device,
     dtype: torch.dtype,
 ) -> Any:
-    """The given batch provider, or the in-memory data's (checked)."""
-    X, y, X_val, y_val = data
+    """The given batch provider, or the in-memory data's (checked, weighted if given)."""
+    X, y, X_val, y_val, w, w_val = data
     if batches is None:
         from regtorch.nn.batches import tensor_batches
 
         batches = tensor_batches(X, y, X_val, y_val, batch_size, optimizer, device, dtype)
-    elif X is not None or y is not None or X_val is not None or y_val is not None:
-        raise ValueError("Pass either X and y (and X_val, y_val) or batches, not both.")
+        if w is not None or w_val is not None:
+            batches.set_weights(w, w_val)
+    elif any(v is not None for v in data):
+        raise ValueError(
+            "Pass either X and y (and X_val, y_val, sample weights) or batches, not both."
+        )
     elif optimizer == "lbfgs" and not batches.full_batch:
         raise ValueError(
             "optimizer='lbfgs' needs full batches; streamed training uses adam, adamw or sgd."
@@ -440,9 +397,17 @@ class _Loop:
         self.cand = [p.detach().clone() for p in self.params]  # this epoch's starting weights
         self.is_lbfgs = isinstance(state.optimizer, torch.optim.LBFGS)
         self.done = 0
+        self.weighted = bool(getattr(self.batches, "weighted", False))
+        # the validation loss: weighted where the provider holds validation weights
+        self.val_loss_fn: Any = WeightedLoss(loss_fn) if self.weighted else loss_fn
 
-    def objective(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        out = self.loss_fn(self.model(xb), yb)
+    def objective(
+        self, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if wb is None:
+            out = self.loss_fn(self.model(xb), yb)
+        else:
+            out = self.val_loss_fn(self.model(xb), yb, wb)
         return out if self.penalty is None else out + self.penalty(self.module)
 
     def closure(self) -> torch.Tensor:
@@ -461,6 +426,8 @@ class _Loop:
             out = self.closure().detach()
             opt.step()
             return out
+        if self.weighted:
+            return self.weighted_epoch(epoch)
         buf = self.state._train_buf
         total = torch.zeros((), dtype=buf.dtype, device=buf.device)
         count = 0
@@ -473,6 +440,22 @@ class _Loop:
             total.add_(out.detach(), alpha=rows)
             count += rows
         return batches.epoch_loss(total, max(count, 1))
+
+    def weighted_epoch(self, epoch: int) -> torch.Tensor:
+        """A weighted epoch's steps (kept apart from the unweighted hot path); its weighted
+        mean training loss."""
+        opt, buf = self.state.optimizer, self.state._train_buf
+        total = torch.zeros((), dtype=buf.dtype, device=buf.device)
+        weight = torch.zeros((), dtype=buf.dtype, device=buf.device)
+        for xb, yb, wb in self.batches.epoch(self.state.generator, epoch):
+            opt.zero_grad(set_to_none=True)
+            out = self.objective(xb, yb, wb)
+            out.backward()
+            opt.step()
+            w_sum = wb.sum().to(buf.dtype)
+            total.add_(out.detach().to(buf.dtype) * w_sum)
+            weight.add_(w_sum)
+        return self.batches.epoch_loss(total, weight.clamp_min(torch.finfo(buf.dtype).tiny))
 
     def end_epoch(self, epoch: int) -> float:
         """Record the epoch (loss, validation, time, weights), check for divergence, call
@@ -489,7 +472,7 @@ class _Loop:
         if state._val_buf is not None:
             _set_mode(self.submodules, False)
             with torch.inference_mode():
-                val = self.batches.validation_loss(self.module, self.loss_fn)
+                val = self.batches.validation_loss(self.module, self.val_loss_fn)
             state._val_buf[epoch] = val
         state.times.append(state.elapsed)
         torch._foreach_copy_(self.cand, [p.detach() for p in self.params])

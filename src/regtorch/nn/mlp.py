@@ -7,19 +7,33 @@ import math
 import numbers
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from regtorch._base import check_param, validate_fit_input, validate_predict_input
+from regtorch._base import (
+    check_param,
+    check_sample_weight,
+    validate_fit_input,
+    validate_predict_input,
+)
 from regtorch._validation import resolve_device
 from regtorch.nn.callbacks import EarlyStopping
 from regtorch.nn.loop import Callback, History, TrainState
+from regtorch.nn.scaling import (
+    _check_network_size,
+    _forward64,
+    _positive_weights,
+    _scaling,
+    _standardized,
+    _weighted_rows,
+)
 
 __all__ = ["MLPRegressor"]
 
@@ -36,61 +50,6 @@ AUTO_STEPS = 4000
 OVERFIT_MARGIN = 0.1
 
 
-def _center_scale(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column means and standard deviations (1 where constant), free of overflow: the columns
-    are divided by their largest magnitude first, so values near 1e300 (whose squares
-    overflow) or 1e-300 (whose squares underflow) give their true statistics."""
-    peak = np.abs(A).max(0)
-    peak = np.where(peak > 0, peak, 1.0)
-    Z = A / peak
-    mean, sd = Z.mean(0) * peak, Z.std(0) * peak
-    return mean, np.where(sd > 0, sd, 1.0)
-
-
-def _scaling(
-    X: np.ndarray, y: np.ndarray, standardize: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Means and scales of inputs and targets (zeros and ones without standardisation)."""
-    if not standardize:
-        return np.zeros(X.shape[1]), np.ones(X.shape[1]), np.zeros(y.shape[1]), np.ones(y.shape[1])
-    return (*_center_scale(X), *_center_scale(y))
-
-
-def _standardized(A: np.ndarray, mean: np.ndarray, scale: np.ndarray, name: str) -> np.ndarray:
-    """``(A - mean) / scale`` as float32, computed as ``A / scale - mean / scale`` so that it
-    cannot overflow for values near the float64 limit; a clear error if it still does."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = (A / scale - mean / scale).astype(np.float32)
-    if not np.isfinite(out).all():
-        raise ValueError(
-            f"Input {name} has values too large for training in float32 after scaling "
-            f"(largest magnitude {float(np.abs(A).max()):.3g}); use standardize=True or "
-            f"rescale {name}."
-        )
-    return out
-
-
-# Bytes per parameter while training: float32 weights, gradients and Adam's two moments,
-# plus the float64 copy used for prediction, with slack for activations.
-BYTES_PER_PARAMETER = 40
-
-
-def _check_network_size(n_in: int, sizes: tuple[int, ...], n_out: int) -> None:
-    """Refuse, before building it, a network that cannot fit in the memory available."""
-    from regtorch.data.readers import available_memory
-
-    widths = (n_in, *sizes, n_out)
-    n_params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
-    need = n_params * BYTES_PER_PARAMETER
-    limit = available_memory() // 2
-    if need > limit:
-        raise ValueError(
-            f"hidden_layer_sizes={sizes} gives {n_params:,} parameters, about "
-            f"{need / 2**30:.1f} GiB to train, more than the {limit / 2**30:.1f} GiB "
-            "available: choose smaller hidden layers."
-        )
-
-
 def _l2_penalty(alpha: float) -> Callable[[torch.nn.Module], torch.Tensor] | None:
     """``alpha / 2 * sum(w ** 2)``: coupled weight decay for optimizers without one (L-BFGS)."""
     if alpha == 0:
@@ -100,6 +59,12 @@ def _l2_penalty(alpha: float) -> Callable[[torch.nn.Module], torch.Tensor] | Non
         return 0.5 * alpha * sum((p * p).sum() for p in module.parameters())  # type: ignore[return-value]
 
     return penalty
+
+
+def _stochastic_solver(est: Any) -> bool:
+    if est.solver == "lbfgs":
+        raise AttributeError("partial_fit is only available for the solvers adam, adamw and sgd.")
+    return True
 
 
 class _OverfitStopping(EarlyStopping):
@@ -147,33 +112,6 @@ class _OverfitStopping(EarlyStopping):
         super().load_state_dict(state)
         self.last_loss = float(state["last_loss"])
         self.over = int(state["over"])
-
-
-def _forward64(
-    module64: torch.nn.Module,
-    X: np.ndarray,
-    scaling: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-    what: str,
-) -> np.ndarray:
-    """Predictions in original units, (n_samples, n_targets); ValueError if not finite."""
-    x_mean, x_scale, y_mean, y_scale = scaling
-    with np.errstate(over="ignore", invalid="ignore"):
-        Xs = X / x_scale - x_mean / x_scale  # no overflow for |X| near the float64 limit
-    with torch.inference_mode():
-        # always a float64 copy on the CPU: float32 kernels round differently with the
-        # batch size and the device, so a row's prediction would depend on which rows are
-        # predicted with it, and a saved model would not reproduce a GPU-fitted one
-        out = module64(torch.as_tensor(Xs)).numpy()
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = out * y_scale + y_mean
-    if not np.isfinite(out).all():
-        raise ValueError(
-            f"MLPRegressor's predictions for {what} are not finite (NaN or overflow): the "
-            f"targets' scale ({float(np.max(y_scale)):.3g}) and mean leave no room in float64, "
-            "or the inputs are far outside the training range. Rescale y (e.g. divide it by "
-            "a power of ten) or X."
-        )
-    return out
 
 
 class MLPRegressor(RegressorMixin, BaseEstimator):
@@ -236,6 +174,10 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
     checkpoint_path : str or None
         Write a resumable checkpoint there every ``checkpoint_every`` epochs and at the end.
     checkpoint_every : int
+    callbacks : sequence of regtorch.nn.loop.Callback or None
+        Your callbacks (loggers, custom stopping, ...): they run after the built-in ones
+        (early stopping, checkpoint, progress bar), in memory, streamed (on every rank) and
+        in ``partial_fit``. The objects themselves are called (``clone`` copies them).
 
     Attributes
     ----------
@@ -286,6 +228,7 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
         warm_start: bool = False,
         checkpoint_path: str | None = None,
         checkpoint_every: int = 10,
+        callbacks: Sequence[Callback] | None = None,
     ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -307,6 +250,7 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
         self.warm_start = warm_start
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = checkpoint_every
+        self.callbacks = callbacks
 
     def _check_params(self) -> None:
         from regtorch.nn.modules import ACTIVATIONS
@@ -353,6 +297,16 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
             check_param(flag, getattr(self, flag), kind=bool, options=(True, False))
         if self.random_state is not None:
             check_param("random_state", self.random_state, kind=numbers.Integral, low=0)
+        cbs = self.callbacks
+        if cbs is not None and (
+            not isinstance(cbs, Sequence)
+            or isinstance(cbs, str)
+            or not all(isinstance(cb, Callback) for cb in cbs)
+        ):
+            raise ValueError(
+                "The 'callbacks' parameter must be a list of regtorch callbacks (instances of "
+                f"regtorch.nn.loop.Callback) or None. Got {cbs!r} instead."
+            )
 
     def _plan(self, n_train: int) -> tuple[int | None, int]:
         """Batch size (None: full batch) and epochs for ``n_train`` rows."""
@@ -377,17 +331,27 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
         X: Any,
         y: Any,
         *,
+        sample_weight: Any | None = None,
         X_val: Any | None = None,
         y_val: Any | None = None,
         resume_from: str | os.PathLike[str] | None = None,
+        sample_weight_val: Any | None = None,
     ) -> MLPRegressor:
         """Train the network; returns ``self``.
 
         Parameters
         ----------
         X, y : array-like, DataFrame or tensor
+        sample_weight : array-like (n_samples,), optional
+            Row weights >= 0 (rows of weight 0 are dropped): each step minimises the
+            weighted mean of the rows' losses and the standardisation is weighted (means,
+            population standard deviations), so integer weights train as repeated rows
+            (exactly for full batches without early stopping: mini-batches and the
+            validation hold-out draw rows). Held-out rows keep their weights.
         X_val, y_val : optional
             Explicit validation data (monitored every epoch; used by early stopping).
+        sample_weight_val : array-like, optional
+            Weights of the explicit validation rows (default: unweighted).
         resume_from : path, optional
             A checkpoint written by a run with the same parameters and data
             (``checkpoint_path``): training continues from it and ends as that run would.
@@ -402,17 +366,18 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
                 "resume_from needs a fixed random_state: the validation split and the batch "
                 "order of the checkpointed run must be reproduced."
             )
-        Xt, yt, _, y_1d = validate_fit_input(self, X, y)
-        Xn, yn = Xt.numpy(), yt.numpy()
+        Xt, yt, swt, y_1d = validate_fit_input(self, X, y, sample_weight)
+        Xn, yn, sw = _weighted_rows(Xt.numpy(), yt.numpy(), swt)
         rng = np.random.default_rng(self.random_state)
         seed = int(self.random_state) if self.random_state is not None else int(rng.integers(2**31))
-        Xtr, ytr, Xv, yv = self._split(Xn, yn, X_val, y_val, seed)
+        val = (X_val, y_val, sample_weight_val)
+        Xtr, ytr, Xv, yv, wtr, wv = self._split(Xn, yn, sw, val, seed)
         module, reuse = self._network(Xn.shape[1], ytr.shape[1])
         # kept in locals until training succeeds: a failed refit leaves the model as it was
         scaling = (
             (self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_)
             if reuse and self.standardize
-            else _scaling(Xtr, ytr, bool(self.standardize))
+            else _scaling(Xtr, ytr, bool(self.standardize), wtr)
         )
         x_mean, x_scale, y_mean, y_scale = scaling
         callbacks, stopper = self._callbacks(
@@ -431,6 +396,8 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
             callbacks=callbacks,
             resume_from=resume_from,
             init=not reuse,
+            sample_weight=wtr,
+            sample_weight_val=wv if wtr is not None else None,
         )
         module64 = copy.deepcopy(module).to(device="cpu", dtype=torch.float64).eval()
         # never a silently non-finite model: its predictions on the training rows must be finite
@@ -440,11 +407,41 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
         self._warn_stopped(history, stopper, settings["epochs"])
         return self
 
+    @available_if(_stochastic_solver)
+    def partial_fit(self, X: Any, y: Any, *, sample_weight: Any | None = None) -> MLPRegressor:
+        """One epoch over ``X, y`` (mini-batches of ``batch_size``, planned as :meth:`fit`
+        plans them for that many rows), the optimizer's state kept between calls; returns
+        ``self``.
+
+        The first call on an unfitted model builds the network and fixes the
+        standardisation from its rows (a model fitted by ``fit`` or loaded keeps its own);
+        later calls must have as many features and targets. There is no validation split,
+        no early stopping, no checkpoint and no learning-rate decay (the rate stays
+        ``learning_rate_init``, or ``lr``); callbacks run as in :meth:`fit`;
+        ``history_`` gains one epoch per call. ``n`` calls on the same rows with a fixed
+        ``random_state`` train exactly as ``fit`` with ``max_epochs=n``,
+        ``lr_schedule="constant"`` and ``early_stopping=False``. Only for the stochastic
+        solvers (as in scikit-learn): L-BFGS builds its curvature from one fixed objective.
+        ``sample_weight`` weighs the loss as in :meth:`fit`.
+        """
+        from regtorch.nn.partial import partial_fit_mlp
+
+        return partial_fit_mlp(self, X, y, sample_weight)
+
     def _split(
-        self, Xn: np.ndarray, yn: np.ndarray, X_val: Any, y_val: Any, seed: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Training and validation rows: the given validation data, or a seeded hold-out."""
-        n = len(Xn)
+        self,
+        Xn: np.ndarray,
+        yn: np.ndarray,
+        sw: np.ndarray | None,
+        val: tuple[Any, Any, Any],
+        seed: int,
+    ) -> tuple[Any, ...]:
+        """Training and validation rows and their weights (None: unweighted): the given
+        validation data (with its weights, if any), or a seeded hold-out keeping its rows'
+        weights."""
+        n, (X_val, y_val, w_val) = len(Xn), val
+        if w_val is not None and X_val is None:
+            raise ValueError("sample_weight_val was given without X_val and y_val.")
         if X_val is not None:
             Xv = validate_predict_input(self, X_val)
             yv = np.asarray(y_val, dtype=np.float64)
@@ -458,13 +455,18 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
                 raise ValueError("Input y_val contains NaN or infinity.")
             if yv.shape[1] != yn.shape[1]:
                 raise ValueError(f"y_val has {yv.shape[1]} targets, y has {yn.shape[1]}.")
-            return Xn, yn, Xv, yv
+            if w_val is not None:
+                sw_val = torch.as_tensor(check_sample_weight(w_val, Xv))
+                w_val = _positive_weights(sw_val, "sample_weight_val")
+            return Xn, yn, Xv, yv, sw, w_val
         if self.early_stopping and n >= 2:
             n_val = max(1, int(round(self.validation_fraction * n)))
             n_val = min(n_val, n - 1)
             perm = np.random.default_rng(seed).permutation(n)
-            return Xn[perm[n_val:]], yn[perm[n_val:]], Xn[perm[:n_val]], yn[perm[:n_val]]
-        return Xn, yn, None, None
+            tr, va = perm[n_val:], perm[:n_val]
+            w_tr, w_va = (None, None) if sw is None else (sw[tr], sw[va])
+            return Xn[tr], yn[tr], Xn[va], yn[va], w_tr, w_va
+        return Xn, yn, None, None, sw, None
 
     def _network(self, p: int, k: int) -> tuple[torch.nn.Module, bool]:
         """A new network for ``p`` inputs and ``k`` outputs, or a copy of the fitted one
@@ -519,6 +521,7 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
             callbacks.append(Checkpoint(checkpoint_path, every=int(checkpoint_every)))
         if progress:
             callbacks.append(ProgressBar(desc="MLPRegressor"))
+        callbacks.extend(self.callbacks or ())  # the user's, after the built-in ones
         return callbacks, stopper
 
     def _set_fitted(
@@ -534,9 +537,12 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
         y_1d: bool,
         feature_names: Any | None = None,
         module64: torch.nn.Module | None = None,
+        partial_state: dict[str, Any] | None = None,
     ) -> None:
         """Write the fitted state (the one place that does): the network, the scaling, the
-        history. ``feature_names`` replaces ``feature_names_in_`` when given."""
+        history. ``feature_names`` replaces ``feature_names_in_`` when given;
+        ``partial_state``: the optimizer and batch order ``partial_fit`` carries on with
+        (None after ``fit``: the next ``partial_fit`` starts a fresh optimizer)."""
         self.x_mean_, self.x_scale_ = np.asarray(x_mean), np.asarray(x_scale)
         self.y_mean_, self.y_scale_ = np.asarray(y_mean), np.asarray(y_scale)
         self.n_features_in_ = len(self.x_mean_)
@@ -552,6 +558,7 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
         self.best_epoch_ = int(best_epoch)
         self._n_outputs = len(self.y_mean_)
         self._y_1d = bool(y_1d)
+        self._partial_state = partial_state
 
     def _warn_stopped(
         self, history: History, stopper: _OverfitStopping | None, epochs: int
@@ -578,6 +585,13 @@ class MLPRegressor(RegressorMixin, BaseEstimator):
         scaling = (self.x_mean_, self.x_scale_, self.y_mean_, self.y_scale_)
         out = _forward64(self._module64, Xn, scaling, "X")
         return out.ravel() if self._y_1d else out
+
+    def to_torch(self) -> torch.nn.Module:
+        """A plain ``torch.nn.Module`` mapping raw features to predictions, the stored
+        standardisation built in (see :func:`regtorch.export.to_torch`)."""
+        from regtorch.export import to_torch
+
+        return to_torch(self)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

@@ -7,6 +7,7 @@ then the one training loop (:func:`regtorch.nn.loop.train`) over a
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
@@ -45,10 +46,10 @@ def stream_fit_mlp(
     runs over a :class:`~regtorch.nn.batches.StreamBatches` (seeded row-group order, bounded
     shuffle buffer of ``shuffle_rows``, the same number of steps on every rank, each
     averaging exactly the global batch under DistributedDataParallel). The estimator's
-    parameters mean what they mean in memory (early stopping, solver, schedule, alpha).
-    With ``checkpoint_path`` (default: the estimator's) rank 0 writes a checkpoint every
-    ``checkpoint_every`` epochs that holds what every rank needs; ``resume_from`` continues
-    it, with as many processes, to the uninterrupted run's weights.
+    parameters (early stopping, solver, schedule, alpha, callbacks: on every rank) and the
+    source's sample weights (``TableSource(weight=...)``) act as in memory. Rank 0 writes a
+    checkpoint for all ranks every ``checkpoint_every`` epochs to ``checkpoint_path`` (default:
+    the estimator's); ``resume_from`` continues it (as many processes) to the same weights.
 
     Returns
     -------
@@ -63,7 +64,7 @@ def stream_fit_mlp(
     _load_optimizer_code(estimator.solver)  # held before the budget is split
     spare = source.spare_bytes("to train a network")
     t0 = time.perf_counter()
-    mean, std, n_train, local_rows = _statistics(estimator, source, missing, seed, hi, progress)
+    mean, std, n_train, local, w_scale = _statistics(estimator, source, missing, seed, hi, progress)
     dev = _device(estimator.device)
     module, reuse = estimator._network(p, k)
     if reuse and estimator.standardize:
@@ -75,8 +76,9 @@ def stream_fit_mlp(
         "shuffle_rows": shuffle_rows,
         "max_val_rows": max_val_rows,
         "spare": spare,
+        "weight_scale": w_scale,
     }
-    batches = _batches(source, mean, std, local_rows, sizes, seed, lo, hi, missing, dev)
+    batches = _batches(source, mean, std, local, sizes, seed, lo, hi, missing, dev)
     own_path = checkpoint_path is None
     callbacks, stopper = estimator._callbacks(
         batches.has_validation,
@@ -178,7 +180,8 @@ def _batches(
     from regtorch.nn.batches import StreamBatches
 
     bs, spare = sizes["batch_size"], sizes["spare"]
-    row_bytes = 4 * (len(mean)) * 3  # a row on the device, with its copies while batching
+    # a row on the device (its weight too), with its copies while batching
+    row_bytes = 4 * (len(mean) + (getattr(source, "weight", None) is not None)) * 3
     room = spare // 4 // row_bytes
     shuffle_rows = sizes["shuffle_rows"] or max(bs * 8, min(source.batch_rows * 4, room))
 
@@ -199,14 +202,16 @@ def _batches(
         max_val_rows=int(min(sizes["max_val_rows"], room)),
         missing=missing,
         device=dev,
+        weight_scale=sizes["weight_scale"],
     )
 
 
 def _statistics(
     estimator: Any, source: Any, missing: str, seed: int, hi: float, progress: bool
-) -> tuple[np.ndarray, np.ndarray, int, int]:
+) -> tuple[np.ndarray, np.ndarray, int, int, float]:
     """Means and scales of the training rows' ``[X, y]`` columns (zeros and ones without
-    standardisation), their count over every rank, and this rank's count."""
+    standardisation; weighted by the source's weights), their count over every rank, this
+    rank's count, and a power of two bringing the mean weight near 1."""
     moments, _ = _accumulate(
         source, lambda r: hash01(r, seed) >= hi, missing, progress, "statistics"
     )
@@ -221,7 +226,9 @@ def _statistics(
     std = np.sqrt(np.maximum((moments.C.diagonal() / sc**2).numpy() / moments.n, 0.0))
     if not estimator.standardize:
         mean, std = np.zeros_like(mean), np.ones_like(std)
-    return mean, np.where(std > 0, std, 1.0), _row_count(moments), local_rows
+    n_rows = _row_count(moments)
+    weight_scale = math.ldexp(1.0, -math.frexp(float(moments.n) / max(n_rows, 1))[1])
+    return mean, np.where(std > 0, std, 1.0), n_rows, local_rows, weight_scale
 
 
 def _row_count(moments: Any) -> int:
