@@ -45,17 +45,8 @@ def plot_loss_curves(
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    epochs = np.arange(1, len(history.train_loss) + 1)
-    ax.plot(epochs, history.train_loss, label="train")
-    if history.val_loss:
-        ax.plot(epochs, history.val_loss, label="validation")
-    if log_y and min(history.train_loss + history.val_loss, default=0) > 0:
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
+    history.plot(ax=ax, log=log_y)  # one drawing of a loss curve, the best epoch marked
     ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
     return _save(fig, path)
 
 

@@ -26,7 +26,6 @@ from regtorch.cli.present import (
 )
 
 TRAIN, VALIDATION, TEST = 0, 1, 2  # the parts of regtorch.data.split.assign
-WEIGHT_MLP = "--weight is not supported for --model mlp yet"
 
 
 def _estimator(args: argparse.Namespace) -> Any:
@@ -54,7 +53,11 @@ def _estimator(args: argparse.Namespace) -> Any:
         if args.model == "lasso":
             return regtorch.Lasso(alpha=alpha, **kw)
         return regtorch.ElasticNet(alpha=alpha, l1_ratio=args.l1_ratio, **kw)
-    kw = {"random_state": seed, "device": args.device, "verbose": sys.stderr.isatty()}
+    kw = {
+        "random_state": seed,
+        "device": args.device,
+        "verbose": sys.stderr.isatty() or bool(getattr(args, "verbose", False)),
+    }
     if args.hidden:
         kw["hidden_layer_sizes"] = args.hidden
     if args.epochs is not None:
@@ -70,7 +73,54 @@ def _estimator(args: argparse.Namespace) -> Any:
     if args.checkpoint:
         kw["checkpoint_path"] = args.checkpoint
         kw["checkpoint_every"] = args.checkpoint_every
+    watch = _watch_callbacks(args)
+    if watch:
+        kw["callbacks"] = watch
     return regtorch.MLPRegressor(**kw)
+
+
+def _watch_callbacks(args: argparse.Namespace) -> list[Any]:
+    """``--log-csv`` and ``--tensorboard`` as callbacks (checked by :func:`_check_watch`)."""
+    from regtorch.nn.callbacks import CSVLogger, TensorBoardLogger
+
+    watch: list[Any] = []
+    if getattr(args, "log_csv", None):
+        watch.append(CSVLogger(args.log_csv))
+    if getattr(args, "tensorboard", None):
+        watch.append(TensorBoardLogger(args.tensorboard))
+    return watch
+
+
+def _check_watch(args: argparse.Namespace) -> None:
+    """Refuse ``--log-csv`` / ``--tensorboard`` for one-pass models, bad paths, a log file
+    that exists (without --force or a resume) and a missing tensorboard package."""
+    from regtorch.nn.callbacks import TENSORBOARD_HINT, check_log_file, summary_writer
+
+    csv, tb = getattr(args, "log_csv", None), getattr(args, "tensorboard", None)
+    if (csv or tb) and args.model != "mlp":
+        flag = "--log-csv" if csv else "--tensorboard"
+        raise UserError(f"{flag}: --model {args.model} fits in one pass; it has no epochs to log.")
+    out = os.path.abspath(args.out) if args.out else None
+    for flag, where in (("--log-csv", csv), ("--tensorboard", tb)):
+        # --out DIR is replaced as a whole when the fit ends
+        if where and out and Path(os.path.abspath(where)).is_relative_to(out):
+            raise UserError(f"{flag} {where}: is inside --out {args.out}; write it elsewhere.")
+    if csv:
+        try:
+            path = check_log_file(csv, "--log-csv")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if path.is_file() and not args.force and _resume_from(args) is None:
+            raise UserError(f"--log-csv {path}: the file exists; pass --force to replace it.")
+    if tb:
+        if Path(tb).exists() and not Path(tb).is_dir():
+            raise UserError(f"--tensorboard {tb}: is a file; give a folder.")
+        try:
+            summary_writer()
+        except ImportError:
+            raise UserError(
+                f"--tensorboard needs the tensorboard package: {TENSORBOARD_HINT}"
+            ) from None
 
 
 def _resume_from(args: argparse.Namespace) -> str | None:
@@ -139,9 +189,8 @@ def _wants_streaming(args: argparse.Namespace) -> bool:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from regtorch.outputs import claim_output
 
-    if getattr(args, "weight", None) and args.model == "mlp":
-        raise UserError(f"{WEIGHT_MLP}; fit a linear model (linear, ridge, lasso, elasticnet).")
     _resume_from(args)  # --checkpoint is checked before any data is read
+    _check_watch(args)  # and --log-csv, --tensorboard
     out = Path(args.out) if args.out else None
     # --out is checked and locked before the fit, and stays locked until its swap
     with claim_output(out, force=args.force, inputs=[args.data]):
@@ -229,6 +278,8 @@ def _fit_in_memory(args: argparse.Namespace, out: Path | None) -> int:
         fit_kw = {"X_val": Xdf.iloc[val_idx], "y_val": y_fit[val_idx]}
     if w is not None:
         fit_kw["sample_weight"] = w[train_idx]
+        if args.model == "mlp" and len(val_idx):
+            fit_kw["sample_weight_val"] = w[val_idx]  # weighted like the streamed validation
     resume = _resume_from(args)
     if resume is not None:
         fit_kw["resume_from"] = resume

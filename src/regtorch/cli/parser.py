@@ -6,6 +6,8 @@ import argparse
 import codecs
 from typing import Any
 
+from regtorch._version import __version__
+
 MODEL_KINDS = ("linear", "ridge", "lasso", "elasticnet", "mlp")
 
 
@@ -200,6 +202,25 @@ def _add_fit_run(fit: argparse.ArgumentParser) -> None:
         metavar="N",
         help="epochs between checkpoints (default 1)",
     )
+    fit.add_argument(
+        "--verbose",
+        action="store_true",
+        help="MLP: progress on stderr even when it is not a terminal (a line every "
+        "ceil(epochs/20) epochs, for log files); in a terminal a progress bar is always shown",
+    )
+    fit.add_argument(
+        "--log-csv",
+        metavar="FILE",
+        help="MLP: write one CSV row per epoch to FILE (epoch, train_loss, val_loss, lr, "
+        "seconds), flushed as it goes; an existing FILE needs --force, except when resuming "
+        "from --checkpoint (the rows then continue)",
+    )
+    fit.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="MLP: write TensorBoard scalars (loss/train, loss/val, lr per epoch) to DIR; "
+        'needs pip install "regtorch[tensorboard]"',
+    )
     fit.add_argument("--out", metavar="DIR", help="write the model, metrics, plots and report.html")
     fit.add_argument("--force", action="store_true", help="replace an existing model in DIR")
     fit.add_argument(
@@ -277,14 +298,34 @@ def _add_summary(sub: Any) -> None:
     sm.set_defaults(func=_cmd_summary)
 
 
+def _add_export(sub: Any) -> None:
+    from regtorch.cli.export import FORMATS, _cmd_export
+
+    ex = sub.add_parser(
+        "export",
+        help="write a saved model as ONNX or a torch.export program (pt2)",
+        description='Write a saved model as ONNX (needs pip install "regtorch[export]") or '
+        "as a torch.export program. The graph maps the model's feature columns (one-hot "
+        "encoded columns for --categorical onehot models) to predictions; the batch "
+        "dimension is dynamic and the feature names are in the file's metadata.",
+    )
+    ex.add_argument("model", help="model file (or the folder `fit --out` wrote)")
+    ex.add_argument("--format", required=True, choices=FORMATS, help="onnx or pt2")
+    ex.add_argument("--out", required=True, metavar="FILE", help="file to write (atomically)")
+    ex.add_argument("--force", action="store_true", help="replace an existing FILE")
+    _debug_opt(ex)
+    ex.set_defaults(func=_cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
         prog="regtorch", description="Regression with PyTorch: exact linear models, fast MLPs."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"regtorch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_demo, _add_fit, _add_predict, _add_evaluate, _add_summary):
+    for add in (_add_demo, _add_fit, _add_predict, _add_evaluate, _add_summary, _add_export):
         add(sub)
     return parser

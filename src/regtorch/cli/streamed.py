@@ -99,7 +99,7 @@ def _stream_fit(args: argparse.Namespace, est: Any, source: Any) -> dict[str, An
 
     fit_stream: Any
     if args.model == "mlp":
-        est.set_params(verbose=False)
+        est.set_params(verbose=bool(getattr(args, "verbose", False)))  # the bar: `progress`
         fit_stream = stream_fit_mlp
         extra_kw: dict[str, Any] = {
             "val_fraction": args.val_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -14,13 +15,37 @@ import torch
 
 from regtorch.nn.loop import Callback, TrainState
 
-__all__ = ["Checkpoint", "EarlyStopping", "LoggingCallback", "ProgressBar"]
+__all__ = [
+    "CSVLogger",
+    "Checkpoint",
+    "EarlyStopping",
+    "LoggingCallback",
+    "ProgressBar",
+    "TensorBoardLogger",
+]
 
 logger = logging.getLogger("regtorch")
 
+TENSORBOARD_HINT = 'pip install "regtorch[tensorboard]"'
+
 
 class LoggingCallback(Callback):
-    """Log (or hand to ``sink``) the losses every ``every`` epochs."""
+    """Log (or hand to ``sink``) the losses every ``every`` epochs.
+
+    Lines go to ``sink`` when given, else to the ``"regtorch"`` logger when logging is
+    configured (a handler on it or on the root logger: your levels and formats apply), else
+    straight to stderr, so that the lines show without any logging set-up.
+
+    Examples
+    --------
+    >>> from regtorch.nn.modules import LinearModule
+    >>> from regtorch.nn.loop import train
+    >>> X = torch.linspace(0, 1, 20).reshape(-1, 1)
+    >>> run = dict(lr=0.1, epochs=10, seed=0, callbacks=[LoggingCallback(every=5, sink=print)])
+    >>> _ = train(LinearModule(1), X, 2 * X, **run)  # doctest: +ELLIPSIS
+    epoch 5/10 train_loss ...
+    epoch 10/10 train_loss ...
+    """
 
     def __init__(self, every: int = 100, sink: Callable[[str], None] | None = None) -> None:
         if every < 1:
@@ -36,21 +61,33 @@ class LoggingCallback(Callback):
         self.lines.append(line)
         if self.sink is not None:
             self.sink(line)
-        else:
+        elif _rank() != 0:  # under torchrun, rank 0 speaks for all
+            return
+        elif logger.hasHandlers():  # the user's logging set-up decides (levels, format)
             logger.info(line)
+        else:  # unconfigured: logging's last resort would drop INFO lines
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
 
 
 class ProgressBar(Callback):
-    """A tqdm progress bar (epoch, loss, validation loss, rate), shown only in a terminal.
+    """Training progress: a tqdm bar in a terminal or a notebook, plain lines in a log file.
+
+    In a terminal (stderr is a tty) or a Jupyter kernel, a ``tqdm.auto`` bar shows the
+    epoch, loss, validation loss and rate. Otherwise (stderr redirected to a file or a
+    pipe) one line such as ``MLPRegressor epoch 40/300 loss 0.0123 val 0.015 1.2s`` is
+    written to stderr every ``every`` epochs and after the last one. Under ``torchrun``
+    only rank 0 shows progress.
 
     Parameters
     ----------
     every : int or None
-        Update every this many epochs; None picks about 200 updates per run.
+        Epochs between updates. None: about 200 bar updates per run, and a line every
+        ``ceil(epochs / 20)`` epochs (about 20 lines per run, every epoch up to 20 epochs).
     force : bool
-        Show the bar even when stderr is not a terminal.
+        Show the bar even when stderr is neither a terminal nor a notebook.
     desc : str
-        Label shown before the bar.
+        Label shown before the bar and at the start of each line.
     """
 
     def __init__(self, every: int | None = None, force: bool = False, desc: str = "train") -> None:
@@ -59,17 +96,29 @@ class ProgressBar(Callback):
         self.desc = desc
         self._bar: Any = None
         self._shown = 0
+        self._lines = False
 
     def on_train_begin(self, state: TrainState) -> None:
+        from regtorch import distributed
+
+        self._shown, self._bar, self._lines = len(state.times), None, False
         self.every = self._every or max(1, state.epochs // 200)
-        self._shown = 0
-        if not (self.force or sys.stderr.isatty()):
+        if distributed.rank() != 0:
+            self.every = state.epochs  # the last epoch only, where nothing is shown
+            return
+        if not (self.force or sys.stderr.isatty() or _in_notebook()):
+            self._lines = True
+            self.every = self._every or max(1, math.ceil(state.epochs / 20))
             return
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=state.epochs, desc=self.desc, unit="epoch", leave=False)
+        self._bar = tqdm(
+            total=state.epochs, initial=self._shown, desc=self.desc, unit="epoch", leave=False
+        )
 
     def on_epoch_end(self, state: TrainState) -> None:
+        if self._lines:
+            self._line(state)
         if self._bar is None:
             return
         self._bar.update(state.epoch + 1 - self._shown)
@@ -79,10 +128,33 @@ class ProgressBar(Callback):
             post["val"] = f"{state.val_loss:.4g}"
         self._bar.set_postfix(post, refresh=False)
 
+    def on_train_stop(self, state: TrainState) -> None:
+        # a run ended early (early stopping, tol) between two lines: say where it stopped
+        if self._lines and self._shown != state.epoch + 1 and len(state.times) > self._shown:
+            self._line(state)
+
     def on_train_end(self, state: TrainState) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def _line(self, state: TrainState) -> None:
+        line = f"{self.desc} epoch {state.epoch + 1}/{state.epochs} loss {state.train_loss:.4g}"
+        if state.val_loss is not None:
+            line += f" val {state.val_loss:.4g}"
+        seconds = state.times[state.epoch] if len(state.times) > state.epoch else state.elapsed
+        sys.stderr.write(f"{line} {seconds:.1f}s\n")
+        sys.stderr.flush()
+        self._shown = state.epoch + 1
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (whose stderr is no tty, but shows widgets)."""
+    if "ipykernel" not in sys.modules:
+        return False
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    return callable(get) and get() is not None
 
 
 class EarlyStopping(Callback):
@@ -174,3 +246,201 @@ class Checkpoint(Callback):
         # after Ctrl-C or divergence this is not called: the last clean checkpoint stays
         if self._saved_epoch != state.epoch and state.times:
             self.on_epoch_end(state)
+
+
+def _rank() -> int:
+    from regtorch import distributed
+
+    return distributed.rank()
+
+
+def check_log_file(path: str | os.PathLike[str], what: str = "CSVLogger") -> Path:
+    """``path`` as a file to write: refuse a folder or a missing parent folder (ValueError)."""
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"{what} {out}: is a folder; give a file name, e.g. {out / 'log.csv'}")
+    if not out.parent.is_dir():
+        raise ValueError(f"{what} {out}: the folder {out.parent} does not exist.")
+    return out
+
+
+class CSVLogger(Callback):
+    """Write one CSV row per epoch: ``epoch, train_loss, val_loss, lr, seconds``.
+
+    ``epoch`` is 1-based, ``val_loss`` is empty without validation data and ``seconds``
+    counts from the start of training. Each row is flushed when written, so a killed run
+    keeps its rows. The file is opened when training begins: ``append=False`` starts it
+    afresh, ``append=True`` adds to an existing file (with the same columns). A run resumed
+    from a checkpoint continues the file: rows after the checkpoint's epoch (those of the
+    interrupted run) are dropped and the checkpoint's epochs are written when missing, so
+    every epoch appears once. Under ``torchrun`` rank 0 writes.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from regtorch.nn.modules import LinearModule
+    >>> from regtorch.nn.loop import train
+    >>> X = torch.linspace(0, 1, 20).reshape(-1, 1)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "log.csv"
+    >>> _ = train(LinearModule(1), X, 2 * X, epochs=3, seed=0, callbacks=[CSVLogger(path)])
+    >>> path.read_text().splitlines()[0]
+    'epoch,train_loss,val_loss,lr,seconds'
+    """
+
+    COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds")
+
+    def __init__(self, path: str | os.PathLike[str], append: bool = False) -> None:
+        self.path = path
+        self.append = append
+        self._file: Any = None
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self.close()
+        if _rank() != 0:
+            return
+        path = check_log_file(self.path, "CSVLogger")
+        done = len(state.times)  # epochs restored from a checkpoint (0: a fresh run)
+        if done:
+            _continue_csv(path, state.history(done), self.COLUMNS)
+        elif self.append and path.is_file() and path.stat().st_size:
+            _check_header(path, self.COLUMNS)
+        else:
+            path.write_text(",".join(self.COLUMNS) + "\n", encoding="utf-8")
+        self._file = path.open("a", encoding="utf-8", newline="")
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self._file is None:
+            return
+        e = state.epoch
+        self._file.write(
+            _csv_row(e + 1, state.train_loss, state.val_loss, state.lrs[e], state.times[e])
+        )
+        self._file.flush()
+
+    def on_train_end(self, state: TrainState) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file (done at the end of training, also after Ctrl-C or divergence)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CSVLogger:
+        # a copy (sklearn's clone) gets the settings, never the open file
+        return type(self)(copy.deepcopy(self.path, memo), self.append)
+
+
+def _csv_row(epoch: int, train: float, val: float | None, lr: float, seconds: float) -> str:
+    """One CSV line; floats in ``repr`` form, which reads back to the same number."""
+    cells = [str(epoch), repr(float(train)), "" if val is None else repr(float(val))]
+    return ",".join([*cells, repr(float(lr)), repr(float(seconds))]) + "\n"
+
+
+def _check_header(path: Path, columns: tuple[str, ...]) -> None:
+    with path.open(encoding="utf-8") as f:
+        header = f.readline().strip()
+    if header != ",".join(columns):
+        raise ValueError(
+            f"CSVLogger {path}: cannot append, its header is {header[:80]!r}, not "
+            f"{','.join(columns)!r}; give another file or append=False."
+        )
+
+
+def _continue_csv(path: Path, history: Any, columns: tuple[str, ...]) -> None:
+    """Rewrite ``path`` (atomically) to hold exactly the first ``len(history)`` epochs: the
+    file's own rows up to there, then the checkpoint's rows it lacks."""
+    done = len(history)
+    lines: list[str] = []
+    if path.is_file() and path.stat().st_size:
+        _check_header(path, columns)
+        lines = path.read_text(encoding="utf-8").splitlines()[1:]
+        while lines and not _epoch_at_most(lines[-1], done, len(columns)):
+            lines.pop()  # written after the checkpoint: the resumed run writes them again
+    last = int(lines[-1].split(",", 1)[0]) if lines else 0
+    val = history.val_loss or [None] * done
+    rows = [
+        _csv_row(e + 1, history.train_loss[e], val[e], history.lr[e], history.time[e])
+        for e in range(last, done)
+    ]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(
+        ",".join(columns) + "\n" + "".join(f"{line}\n" for line in lines) + "".join(rows),
+        encoding="utf-8",
+    )
+    os.replace(tmp, path)
+
+
+def _epoch_at_most(line: str, done: int, n_columns: int) -> bool:
+    """Whether ``line`` is a whole row of an epoch up to ``done`` (not one cut by a kill)."""
+    cells = line.split(",")
+    try:
+        return len(cells) == n_columns and 1 <= int(cells[0]) <= done
+    except ValueError:
+        return False
+
+
+class TensorBoardLogger(Callback):
+    """Write the scalars ``loss/train``, ``loss/val`` and ``lr`` of every epoch (step =
+    1-based epoch) for TensorBoard, through ``torch.utils.tensorboard``.
+
+    Needs the optional ``tensorboard`` package (``pip install "regtorch[tensorboard]"``).
+    The writer opens when training begins, flushes every epoch (a killed run keeps its
+    scalars) and closes at the end; a run resumed from a checkpoint drops the events after
+    the checkpoint's epoch. Under ``torchrun`` rank 0 writes.
+
+    Parameters
+    ----------
+    logdir : str or path
+        Folder of the event files (created if missing); ``tensorboard --logdir`` it.
+    """
+
+    def __init__(self, logdir: str | os.PathLike[str]) -> None:
+        self.logdir = logdir
+        self._writer: Any = None
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self.close()
+        if _rank() != 0:
+            return
+        writer_cls = summary_writer()
+        logdir = Path(self.logdir)
+        if logdir.exists() and not logdir.is_dir():
+            raise ValueError(f"TensorBoardLogger {logdir}: is a file; give a folder.")
+        done = len(state.times)
+        # purge_step: events of epochs after the checkpoint (an interrupted run's) are dropped
+        self._writer = writer_cls(log_dir=str(logdir), purge_step=done + 1 if done else None)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self._writer is None:
+            return
+        step = state.epoch + 1
+        self._writer.add_scalar("loss/train", state.train_loss, step)
+        if state.val_loss is not None:
+            self._writer.add_scalar("loss/val", state.val_loss, step)
+        self._writer.add_scalar("lr", state.lrs[state.epoch], step)
+        self._writer.flush()
+
+    def on_train_end(self, state: TrainState) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the writer (done at the end of training, also after Ctrl-C or divergence)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TensorBoardLogger:
+        return type(self)(copy.deepcopy(self.logdir, memo))
+
+
+def summary_writer() -> Any:
+    """``torch.utils.tensorboard.SummaryWriter``, or an ImportError saying what to install."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ImportError(
+            f"TensorBoardLogger needs the tensorboard package: {TENSORBOARD_HINT} "
+            f"(or pip install tensorboard). ({exc})"
+        ) from exc
+    return SummaryWriter
