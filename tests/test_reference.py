@@ -1,4 +1,4 @@
-"""The published figures of REFERENCE.md, through the real CLI (one demo run)."""
+"""The published figures of docs/reference-protocol.md, through the real CLI (one demo run)."""
 
 import json
 import subprocess

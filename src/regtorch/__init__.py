@@ -9,8 +9,7 @@ import importlib
 from typing import Any
 
 from regtorch import _compat
-
-__version__ = "0.1.0"
+from regtorch._version import __version__
 
 _LAZY = {
     "LinearRegression": "regtorch.linear.estimators",
@@ -24,6 +23,10 @@ _LAZY = {
     "train": "regtorch.nn.loop",
     "make_line": "regtorch.datasets",
     "make_sine": "regtorch.datasets",
+    "RegtorchWarning": "regtorch.exceptions",
+    "RankWarning": "regtorch.exceptions",
+    "IllConditionedWarning": "regtorch.exceptions",
+    "DataWarning": "regtorch.exceptions",
 }
 
 __all__ = ["__version__", *_LAZY]

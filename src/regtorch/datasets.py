@@ -1,4 +1,4 @@
-"""The reference datasets of REFERENCE.md: a noisy line and a noisy sine, with their splits."""
+"""A noisy line and a noisy sine with their splits: the data of docs/reference-protocol.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reference experiments of REFERENCE.md, run side by side (``regtorch demo``).
+"""The reference experiments of docs/reference-protocol.md, side by side (``regtorch demo``).
 
 Each experiment runs three methods on the same split: scikit-learn's ``LinearRegression``,
 the tutorial's recipe (Adam, lr 0.001, 10,000 full-batch epochs) in regtorch's loop, and
