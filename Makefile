@@ -8,11 +8,13 @@ STAMP := $(VENV)/.regtorch-installed
 LOWEST_VENV ?= .venv-lowest
 LOWEST_PY := $(LOWEST_VENV)/bin/python
 # scikit-learn's checks and solvers, scipy/statsmodels statistics, pyarrow/pandas readers and
-# streaming, tqdm, matplotlib, and safetensors model files through the CLI.
+# streaming, tqdm, matplotlib, safetensors model files through the CLI, and the extras: ONNX
+# export (onnx, onnxruntime, onnxscript) and the TensorBoard logger.
 LOWEST_TESTS := tests/test_packaging.py tests/test_common.py tests/test_linear.py \
 	tests/test_stats.py tests/test_engine_data.py tests/test_streaming.py \
-	tests/test_training.py tests/test_plotting.py tests/test_cli.py::test_fit_predict_evaluate
-LOWEST_NAMES := torch|numpy|scipy|scikit-learn|pandas|pyarrow|matplotlib|tqdm|safetensors
+	tests/test_training.py tests/test_plotting.py tests/test_cli.py::test_fit_predict_evaluate \
+	tests/test_export.py tests/test_watch.py
+LOWEST_NAMES := torch|numpy|scipy|scikit-learn|pandas|pyarrow|matplotlib|tqdm|safetensors|onnx|onnxruntime|onnxscript|tensorboard
 
 .PHONY: demo test test-lowest lint bench clean
 
@@ -37,10 +39,10 @@ test-lowest:
 	test -x $(LOWEST_PY) || $(PYTHON) -m venv $(LOWEST_VENV)
 	$(LOWEST_PY) -m pip install -q --upgrade pip
 	$(LOWEST_PY) -m pip install -q -c constraints.txt -c ci/lowest.txt torch==2.13.0
-	$(LOWEST_PY) -m pip install -q -c constraints.txt -c ci/lowest.txt -e '.[dev]'
+	$(LOWEST_PY) -m pip install -q -c constraints.txt -c ci/lowest.txt -e '.[dev,export,tensorboard]'
 	@echo "lowest versions installed:"
 	$(LOWEST_PY) -m pip freeze | grep -i -E '^($(LOWEST_NAMES))=='
-	$(LOWEST_PY) -m pytest -q -p no:cacheprovider $(LOWEST_TESTS)
+	$(LOWEST_PY) -m pytest -q -p no:cacheprovider -n 2 $(LOWEST_TESTS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

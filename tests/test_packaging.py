@@ -40,8 +40,10 @@ def _pins(path: Path) -> dict[str, Version]:
 
 
 def _floors() -> dict[str, Version]:
+    project = _pyproject()["project"]
+    extras = project["optional-dependencies"]
     floors = {}
-    for text in _pyproject()["project"]["dependencies"]:
+    for text in [*project["dependencies"], *extras["export"], *extras["tensorboard"]]:
         req = Requirement(text)
         lower = [s for s in req.specifier if s.operator == ">="]
         assert len(lower) == 1, f"dependency {text!r} has no single '>=' floor"
@@ -53,7 +55,8 @@ def test_declared_floors_equal_the_lowest_pins():
     pins = _pins(ROOT / "ci" / "lowest.txt")
     floors = _floors()
     assert set(pins) == set(floors), (
-        "ci/lowest.txt and pyproject's dependencies name different packages"
+        "ci/lowest.txt and pyproject's dependencies (with the export and tensorboard extras) "
+        "name different packages"
     )
     # torch stays at the CPU wheel CI installs; every other pin is exactly its declared floor.
     assert pins.pop("torch") == _pins(ROOT / "constraints.txt")["torch"]
