@@ -2,7 +2,16 @@
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from regtorch import ElasticNet, Lasso, LinearRegression, MLPRegressor, Ridge
+from regtorch import (
+    ElasticNet,
+    ElasticNetCV,
+    Lasso,
+    LassoCV,
+    LinearRegression,
+    MLPRegressor,
+    Ridge,
+    RidgeCV,
+)
 
 ESTIMATORS = [
     LinearRegression(),
@@ -19,6 +28,9 @@ ESTIMATORS = [
     Lasso(alpha=0.1),
     Lasso(alpha=0.1, positive=True),
     ElasticNet(alpha=0.1, l1_ratio=0.3),
+    LassoCV(),
+    ElasticNetCV(l1_ratio=[0.2, 0.8]),
+    RidgeCV(),
     MLPRegressor(random_state=0),
     MLPRegressor(random_state=0, solver="lbfgs", max_epochs=10, early_stopping=False),
     MLPRegressor(random_state=0, batch_size=16, max_epochs=20, solver="adamw", device="cpu"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TEST", "TRAIN", "VALIDATION", "assign", "hash01"]
+__all__ = ["TEST", "TRAIN", "VALIDATION", "assign", "fold_of", "hash01"]
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
 
@@ -46,6 +46,30 @@ def assign(
     parts[h < test_fraction + val_fraction] = VALIDATION
     parts[h < test_fraction] = TEST
     return parts
+
+
+def fold_of(rows: np.ndarray, seed: int, n_folds: int, test_fraction: float = 0.0) -> np.ndarray:
+    """The cross-validation fold of each row (int64): ``-1`` for held-out test rows.
+
+    With ``h = hash01(rows, seed)``: a test row if ``h < test_fraction`` (the same rows
+    :func:`assign` holds out), else fold ``floor((h - test_fraction) / (1 - test_fraction)
+    * n_folds)``. A row's fold depends on the seed and its global index only.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> folds = fold_of(np.arange(100_000), seed=0, n_folds=5, test_fraction=0.2)
+    >>> [round(float((folds == k).mean()), 2) for k in (-1, 0, 1, 2, 3, 4)]
+    [0.2, 0.16, 0.16, 0.16, 0.16, 0.16]
+    """
+    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}.")
+    _check_fractions(test_fraction, 0.0)
+    h = hash01(np.asarray(rows), seed)
+    u = (h - test_fraction) / (1.0 - test_fraction)
+    folds = np.minimum(np.floor(u * n_folds), n_folds - 1).astype(np.int64)
+    folds[h < test_fraction] = -1
+    return folds
 
 
 def _check_fractions(test_fraction: float, val_fraction: float) -> None:
