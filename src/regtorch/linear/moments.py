@@ -40,6 +40,16 @@ class BatchSource(Protocol):
 # centre a batch explicitly when a column's squared mean exceeds its variance this many times
 CANCELLATION_RATIO = 1e3
 
+# |values| within 2**-400..2**400: their products and sums of a batch's products stay
+# normal floats, so a power-of-two scaling may be applied after them
+SAFE_EXPONENT = 400
+
+
+def _products_in_range(top: torch.Tensor) -> bool:
+    """Whether columns with these largest magnitudes can form their Gram unscaled."""
+    big = 2.0**SAFE_EXPONENT
+    return bool(((top < big) & ((top == 0) | (top > 1 / big))).all())
+
 
 @dataclass
 class MomentState:
@@ -72,25 +82,33 @@ class MomentState:
                 Z, w = Z[keep], w[keep]
         if Z.shape[0] == 0:
             return
-        top = Z.abs().amax(0)
+        top = torch.maximum(Z.amax(0), Z.amin(0).neg())  # cheaper than abs().amax()
         _, e = torch.frexp(torch.where(top > 0, top, torch.ones_like(top)))
         s = torch.ldexp(torch.ones_like(top), -e)
-        Z = Z * s  # exact
         log_w = 0.0
-        if w is None:
+        if w is None and _products_in_range(top):
+            # scaling by powers of two commutes with every rounding while nothing overflows
+            # or underflows: scale the mean and Gram, not a copy of the batch (same bits)
             n = float(Z.shape[0])
-            mb = Z.mean(0)
-            A = Z
+            mb = Z.mean(0) * s
+            C = (Z.mT @ Z) * torch.outer(s, s) - n * torch.outer(mb, mb)
         else:
-            n, log_w = float(w.sum()), float(w.log().sum())
-            mb = (w @ Z) / n
-            A = Z * w.sqrt().unsqueeze(1)
-        # raw Gram minus the mean's share: no centred copy of the batch; where a column's
-        # mean dwarfs its spread that subtraction would cancel digits, so centre instead
-        C = A.mT @ A - n * torch.outer(mb, mb)
+            Z = Z * s  # exact
+            if w is None:
+                n = float(Z.shape[0])
+                mb = Z.mean(0)
+                A = Z
+            else:
+                n, log_w = float(w.sum()), float(w.log().sum())
+                mb = (w @ Z) / n
+                A = Z * w.sqrt().unsqueeze(1)
+            # raw Gram minus the mean's share: no centred copy of the batch
+            C = A.mT @ A - n * torch.outer(mb, mb)
         spread = C.diagonal()
+        # where a column's mean dwarfs its spread the subtraction cancels digits: centre
         if bool((n * mb.square() > CANCELLATION_RATIO * spread.clamp_min(1e-300)).any()):
-            Ac = Z - mb if w is None else (Z - mb) * w.sqrt().unsqueeze(1)
+            Zs = Z * s if w is None else Z  # the weighted branch has scaled Z already
+            Ac = Zs - mb if w is None else (Zs - mb) * w.sqrt().unsqueeze(1)
             C = Ac.mT @ Ac
         self.merge(MomentState(n, mb, C, s, int(Z.shape[0]), log_w))
 
