@@ -21,6 +21,7 @@ ENTRIES = {
     "streaming": "bench_streaming",
     "engine": "bench_engine",
     "coldstart": "bench_coldstart",
+    "cv": "bench_cv",
 }
 
 

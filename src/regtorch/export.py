@@ -46,7 +46,15 @@ __all__ = [
 
 EXPORT_EXTRA = 'pip install "regtorch[export]"'
 METADATA_FILE = "regtorch.json"  # the pt2 archive's extra file holding the metadata
-LINEAR_CLASSES = ("LinearRegression", "Ridge", "Lasso", "ElasticNet")
+LINEAR_CLASSES = (
+    "LinearRegression",
+    "Ridge",
+    "Lasso",
+    "ElasticNet",
+    "LassoCV",
+    "ElasticNetCV",
+    "RidgeCV",
+)
 ONNX_INPUT, ONNX_OUTPUT = "features", "prediction"
 ONNX_OPSET = 20  # IR version 10: onnx >= 1.16 and onnxruntime >= 1.17 read it
 ONNX_LIMIT_BYTES = 2**31 - 2**24  # protobuf's 2 GiB limit, with room for the graph itself

@@ -8,6 +8,7 @@ declared network is the one whose weights the file holds before building the est
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -25,7 +26,11 @@ __all__ = ["ModelFileError", "load", "save"]
 FORMAT = "regtorch-model"
 FORMAT_VERSION = 1
 LINEAR_CLASSES = ("LinearRegression", "Ridge", "Lasso", "ElasticNet")
-ALLOWED = (*LINEAR_CLASSES, "MLPRegressor")
+CV_CLASSES = ("RidgeCV", "LassoCV", "ElasticNetCV")
+ALLOWED = (*LINEAR_CLASSES, *CV_CLASSES, "MLPRegressor")
+# the cross-validation results a CV model file keeps (tensors) beside coef and intercept
+CV_ARRAYS = ("alphas_", "mse_path_", "mse_se_", "score_path_", "coef_path_")
+CV_SCALARS = ("alpha_", "l1_ratio_", "best_score_", "cv_folds_", "n_iter_", "dual_gap_")
 
 
 class ModelFileError(ValueError):
@@ -46,6 +51,16 @@ def _jsonable(v: Any) -> Any:
 
 def _tensors_of(est: Any) -> dict[str, torch.Tensor]:
     name = type(est).__name__
+    if name in CV_CLASSES:
+        out = {
+            "coef": torch.as_tensor(np.atleast_2d(est.coef_), dtype=torch.float64),
+            "intercept": torch.as_tensor(np.atleast_1d(est.intercept_), dtype=torch.float64),
+        }
+        for a in CV_ARRAYS:
+            if getattr(est, a, None) is not None:
+                v = np.asarray(getattr(est, a), dtype=np.float64)
+                out[a.rstrip("_")] = torch.as_tensor(np.ascontiguousarray(v))
+        return out
     if name in LINEAR_CLASSES:
         out = {
             "coef": torch.as_tensor(np.atleast_2d(est.coef_), dtype=torch.float64),
@@ -67,6 +82,26 @@ def _tensors_of(est: Any) -> dict[str, torch.Tensor]:
     return out
 
 
+def _params_of(est: Any) -> dict[str, Any]:
+    """The JSON-able parameters; a CV model's explicit folds are kept as their number."""
+    params = {k: _jsonable(v) for k, v in est.get_params().items() if k != "callbacks"}
+    cv = params.get("cv", None)
+    if type(est).__name__ in CV_CLASSES and not (cv is None or isinstance(cv, int)):
+        # index arrays or a splitter: the fitted model needs neither, only how many folds
+        params["cv"] = int(getattr(est, "cv_folds_", None) or est.mse_path_.shape[-1])
+    # callbacks watch a training run; they are not part of the model
+    return params
+
+
+def _cv_attributes(est: Any) -> dict[str, Any]:
+    """A CV model's JSON attributes: the chosen alpha (l1_ratio, score) and the folds."""
+    attrs: dict[str, Any] = {"y_1d": bool(np.ndim(est.coef_) == 1)}
+    for a in CV_SCALARS:
+        if getattr(est, a, None) is not None:
+            attrs[a] = _jsonable(getattr(est, a))
+    return attrs
+
+
 def save(
     estimator: Any,
     path: str | os.PathLike[str],
@@ -78,8 +113,10 @@ def save(
 
     Parameters
     ----------
-    estimator : LinearRegression, Ridge, Lasso, ElasticNet or MLPRegressor
-        Fitted.
+    estimator : LinearRegression, Ridge, Lasso, ElasticNet, RidgeCV, LassoCV, ElasticNetCV
+        or MLPRegressor
+        Fitted. A CV model keeps its alphas, CV errors (``mse_path_``) and coefficient
+        path; explicit folds (index arrays, a splitter) are kept as their number.
     path : path
         Destination (conventionally ``*.safetensors``).
     extra : dict, optional
@@ -111,7 +148,9 @@ def save(
     attrs: dict[str, Any] = {"n_features_in_": int(estimator.n_features_in_)}
     if hasattr(estimator, "feature_names_in_"):
         attrs["feature_names_in_"] = [str(f) for f in estimator.feature_names_in_]
-    if name in LINEAR_CLASSES:
+    if name in CV_CLASSES:
+        attrs.update(_cv_attributes(estimator))
+    elif name in LINEAR_CLASSES:
         attrs["y_1d"] = bool(np.ndim(estimator.coef_) == 1)
         for a in ("rank_", "solver_", "n_iter_"):
             if hasattr(estimator, a):
@@ -133,8 +172,7 @@ def save(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "class": name,
-        # callbacks watch a training run; they are not part of the model
-        "params": {k: _jsonable(v) for k, v in estimator.get_params().items() if k != "callbacks"},
+        "params": _params_of(estimator),
         "attributes": attrs,
         "tensors": {
             k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
@@ -294,13 +332,95 @@ def _restore_linear(
     return est
 
 
+def _cv_state(
+    attrs: dict[str, Any], tensors: dict[str, torch.Tensor], coef: Any, y_1d: bool
+) -> dict[str, Any]:
+    """A CV model's stored results, checked against each other (shapes, the chosen alpha)."""
+    k, p = coef.shape
+    arrays = {a: tensors[a.rstrip("_")].numpy() for a in CV_ARRAYS if a.rstrip("_") in tensors}
+    alphas = arrays.get("alphas_")
+    if alphas is None or alphas.size == 0 or not (alphas > 0).all():
+        raise ValueError("the alphas tried are missing or not positive")
+    for alpha in np.atleast_1d(np.asarray(attrs["alpha_"], dtype=np.float64)):
+        if not np.isclose(alphas, alpha, rtol=1e-12, atol=0).any():
+            raise ValueError(f"the chosen alpha {alpha!r} is not one of the alphas tried")
+    n_alphas = alphas.shape[-1]
+    path = arrays.get("mse_path_")
+    # alphas (n_alphas,) or (n_l1, n_alphas); mse_path (..., n_alphas, n_folds)
+    if path is not None and (
+        path.ndim < 2
+        or path.shape[-2] != n_alphas
+        or (alphas.ndim == 2 and path.shape[:2] != alphas.shape)
+    ):
+        raise ValueError(f"mse_path has shape {list(path.shape)} for alphas {list(alphas.shape)}")
+    coef_path = arrays.get("coef_path_")
+    if coef_path is not None and (coef_path.shape[0] != n_alphas or coef_path.shape[1] != p):
+        raise ValueError(f"coef_path has shape {list(coef_path.shape)} for {n_alphas} alphas")
+    intercept = tensors["intercept"].reshape(-1)
+    if intercept.numel() != k:
+        raise ValueError(f"intercept has {intercept.numel()} values for {k} targets")
+    scalars = {a: attrs[a] for a in CV_SCALARS if a in attrs}
+    return {"coef": coef, "intercept": intercept.numpy(), "y_1d": y_1d, **arrays, **scalars}
+
+
+def _float_or_array(v: Any) -> float | np.ndarray:
+    return float(v) if np.ndim(v) == 0 else np.asarray(v, dtype=np.float64)
+
+
+def _cv_fitted_args(est: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of the CV class's ``_set_fitted`` from a stored state."""
+    coef = torch.as_tensor(state["coef"]).mT  # (p, k), as the fits hand it over
+    intercept = torch.as_tensor(state["intercept"])
+    if type(est).__name__ == "RidgeCV":
+        from regtorch.linear.ridgecv import RidgeCVFit
+
+        n_alphas = state["alphas_"].shape[0]
+        for a in ("mse_se_", "score_path_"):
+            if state[a].shape[0] != n_alphas:
+                raise ValueError(f"{a.rstrip('_')} does not match the {n_alphas} alphas")
+        fit = RidgeCVFit(
+            coef,
+            intercept,
+            _float_or_array(state["alpha_"]),
+            _float_or_array(state["best_score_"]),
+            state["alphas_"],
+            state["mse_path_"],
+            state["mse_se_"],
+            state["score_path_"],
+            int(state["cv_folds_"]),
+        )
+        if "coef_path" in {f.name for f in dataclasses.fields(fit)}:
+            fit.coef_path = state.get("coef_path_")  # type: ignore[attr-defined,unused-ignore]
+        return {"fit": fit, "y_1d": state["y_1d"]}
+    if state["mse_path_"].shape[-1] < 2:
+        raise ValueError("the CV error path has fewer than 2 folds")
+    return {
+        "coef": coef,
+        "intercept": intercept,
+        "alphas": state["alphas_"],
+        "mse_path": state["mse_path_"],
+        "alpha": float(state["alpha_"]),
+        "l1_ratio": float(state.get("l1_ratio_", 1.0)),
+        "coef_path": state["coef_path_"],
+        "n_iter": int(state["n_iter_"]),
+        "dual_gap": float(state["dual_gap_"]),
+    }
+
+
+def _cv_class(name: str) -> Any:
+    from regtorch.linear.cv import ElasticNetCV, LassoCV
+    from regtorch.linear.ridgecv import RidgeCV
+
+    return {c.__name__: c for c in (RidgeCV, LassoCV, ElasticNetCV)}[name]
+
+
 def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
     from regtorch.linear.estimators import ElasticNet, Lasso, LinearRegression, Ridge
     from regtorch.nn.loop import History
     from regtorch.nn.mlp import MLPRegressor
 
     classes = {c.__name__: c for c in (LinearRegression, Ridge, Lasso, ElasticNet, MLPRegressor)}
-    cls = classes[meta["class"]]
+    cls = _cv_class(meta["class"]) if meta["class"] in CV_CLASSES else classes[meta["class"]]
     params = dict(meta["params"])
     if "hidden_layer_sizes" in params and isinstance(params["hidden_layer_sizes"], list):
         params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
@@ -314,13 +434,16 @@ def _build(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
         est.feature_names_in_ = np.asarray(attrs["feature_names_in_"], dtype=object)
     if "history" in attrs:
         est.history_ = History.from_dict(attrs["history"])
-    if meta["class"] in LINEAR_CLASSES:
+    if meta["class"] in (*LINEAR_CLASSES, *CV_CLASSES):
         coef = tensors["coef"].numpy()
         if coef.shape[1] != p:
             raise ValueError(f"coef has {coef.shape[1]} columns for {p} features")
         y_1d = bool(attrs["y_1d"])
         if y_1d and coef.shape[0] != 1:
             raise ValueError(f"one target declared, but coef has {coef.shape[0]} rows")
+        if meta["class"] in CV_CLASSES:
+            est._set_fitted(**_cv_fitted_args(est, _cv_state(attrs, tensors, coef, y_1d)))
+            return est
         return _restore_linear(est, attrs, tensors, coef, y_1d)
     from regtorch.nn.modules import MLP
 

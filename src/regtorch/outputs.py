@@ -57,6 +57,8 @@ OUTPUT_FILES = frozenset(
         "loss_curves.png",
         "pred_vs_true.png",
         "residuals.png",
+        "cv_error.png",
+        "coef_path.png",
         "report.html",
     }
 )

@@ -10,7 +10,14 @@ import numpy as np
 
 from regtorch.nn.loop import History
 
-__all__ = ["plot_fit", "plot_loss_curves", "plot_predicted_vs_true", "plot_residuals"]
+__all__ = [
+    "plot_coef_path",
+    "plot_cv_error",
+    "plot_fit",
+    "plot_loss_curves",
+    "plot_predicted_vs_true",
+    "plot_residuals",
+]
 
 
 def _pyplot() -> Any:
@@ -124,4 +131,85 @@ def plot_residuals(
     ax.set_ylabel("residual")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_cv_error(
+    alphas: np.ndarray,
+    mean: np.ndarray,
+    se: np.ndarray | None,
+    alpha: float,
+    path: str | os.PathLike[str],
+    labels: list[str] | None = None,
+    title: str = "Cross-validation error",
+    ylabel: str = "mean CV MSE",
+    chosen: int | None = 0,
+) -> Path:
+    """Mean CV error against alpha (log x axis), a band of one standard error, alpha marked.
+
+    ``alphas``, ``mean`` and ``se`` are ``(n_alphas,)`` or ``(n_curves, n_alphas)`` (one
+    curve per l1_ratio, named by ``labels``); ``se`` None draws no band. ``chosen`` (the
+    index of the chosen curve; None: none) gets a dot at ``alpha``.
+
+    Examples
+    --------
+    >>> a = np.logspace(1, -2, 20); m = (np.log10(a) + 1) ** 2 + 1
+    >>> plot_cv_error(a, m, 0.1 * m, 0.1, "/tmp/regtorch-doctest-cv.png").name
+    'regtorch-doctest-cv.png'
+    """
+    plt = _pyplot()
+    A, M = np.atleast_2d(alphas), np.atleast_2d(mean)
+    A = np.broadcast_to(A, M.shape)
+    S = None if se is None else np.broadcast_to(np.atleast_2d(se), M.shape)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for i in range(M.shape[0]):
+        order = np.argsort(A[i])
+        a, m = A[i][order], M[i][order]
+        label = labels[i] if labels else None
+        (line,) = ax.plot(a, m, lw=1.8, label=label)
+        if S is not None:
+            s = S[i][order]
+            ax.fill_between(a, m - s, m + s, color=line.get_color(), alpha=0.2, lw=0)
+    ax.axvline(alpha, color="black", lw=1, ls="--", label=f"chosen alpha = {alpha:.4g}")
+    if chosen is not None:  # the chosen point on its curve
+        j = int(np.argmin(np.abs(np.log(A[chosen]) - np.log(alpha))))
+        ax.plot([A[chosen, j]], [M[chosen, j]], "o", color="black", ms=5)
+    ax.set_xscale("log")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel(ylabel + (" (band: +- 1 standard error)" if S is not None else ""))
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def plot_coef_path(
+    alphas: np.ndarray,
+    coefs: np.ndarray,
+    alpha: float,
+    path: str | os.PathLike[str],
+    names: list[str] | None = None,
+    title: str = "Coefficient paths",
+    max_labels: int = 10,
+) -> Path:
+    """Each coefficient against alpha (log x axis, ``coefs`` of shape ``(n_alphas, p)``),
+    the chosen alpha marked; the ``max_labels`` largest at the chosen alpha are named."""
+    plt = _pyplot()
+    a = np.asarray(alphas, dtype=np.float64)
+    C = np.asarray(coefs, dtype=np.float64).reshape(len(a), -1)
+    order = np.argsort(a)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    at = np.abs(C[int(np.argmin(np.abs(np.log(a) - np.log(alpha))))])
+    named = set(np.argsort(-at)[:max_labels].tolist()) if names else set()
+    for j in range(C.shape[1]):
+        label = names[j] if names and j in named and j < len(names) else None
+        ax.plot(a[order], C[order, j], lw=1.2, label=label)
+    ax.axvline(alpha, color="black", lw=1, ls="--", label=f"chosen alpha = {alpha:.4g}")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("coefficient")
+    ax.set_title(title)
+    ax.legend(fontsize="x-small", ncol=2)
+    ax.grid(alpha=0.3, which="both")
     return _save(fig, path)

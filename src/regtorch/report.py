@@ -44,8 +44,13 @@ def render_report(
     coef_headers: list[str] | None,
     coef_rows: list[list[Any]] | None,
     images: list[tuple[Path, str]],
+    sections: list[tuple[str, str, list[str], list[list[Any]]]] | None = None,
 ) -> str:
-    """The report as one HTML string (images embedded as data URIs)."""
+    """The report as one HTML string (images embedded as data URIs).
+
+    ``sections`` adds, after the coefficients, tables as ``(heading, note, headers, rows)``
+    (the note, a paragraph above the table, may be empty).
+    """
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
@@ -59,6 +64,11 @@ def render_report(
     ]
     if coef_headers and coef_rows:
         parts += ["<h2>Coefficients</h2>", _table(coef_headers, coef_rows)]
+    for heading, note, headers, rows in sections or []:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if note:
+            parts.append(f"<p>{html.escape(note)}</p>")
+        parts.append(_table(headers, rows))
     parts.append("<h2>Plots</h2>")
     parts += [_img(p, alt) for p, alt in images]
     parts.append("<p class='muted'>Written by regtorch.</p></body></html>")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from regtorch.cli.present import (
+    CV_CLASSES,
     MODEL_FILE,
     UserError,
     _cell,
@@ -16,6 +17,7 @@ from regtorch.cli.present import (
     _json,
     _metrics,
     _write_stdout,
+    cv_report,
     demo_tables,
     format_table,
 )
@@ -132,6 +134,13 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     ]
     targets = ", ".join(est.model_extra_.get("target") or ["?"])
     print(f"{name}; {est.n_features_in_} features; target {targets}")
+    if name in CV_CLASSES:
+        print(cv_report(est))
+        print()
+        coef = _coef_table(est, names)
+        if coef is not None:
+            print(format_table(*coef))
+        return 0
     if name != "MLPRegressor":
         table = _coef_table(est, names)
         if table is not None:

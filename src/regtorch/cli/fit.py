@@ -15,12 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from regtorch.cli.parser import CV_KINDS
 from regtorch.cli.present import (
+    CV_CLASSES,
     UserError,
     _coef_table,
     _metrics,
     _say,
     _write_outputs,
+    cv_report,
     format_table,
     metrics_table,
 )
@@ -33,6 +36,8 @@ def _estimator(args: argparse.Namespace) -> Any:
     import regtorch
 
     seed = args.seed
+    if args.model in CV_KINDS:
+        return _cv_estimator(args)
     if args.model in ("linear", "ridge"):
         kw: dict[str, Any] = {"device": args.device}
         if args.solver:
@@ -52,7 +57,8 @@ def _estimator(args: argparse.Namespace) -> Any:
             kw["max_iter"] = args.epochs
         if args.model == "lasso":
             return regtorch.Lasso(alpha=alpha, **kw)
-        return regtorch.ElasticNet(alpha=alpha, l1_ratio=args.l1_ratio, **kw)
+        l1 = args.l1_ratio[0] if args.l1_ratio else 0.5  # one value: _check_cv_flags
+        return regtorch.ElasticNet(alpha=alpha, l1_ratio=l1, **kw)
     kw = {
         "random_state": seed,
         "device": args.device,
@@ -77,6 +83,99 @@ def _estimator(args: argparse.Namespace) -> Any:
     if watch:
         kw["callbacks"] = watch
     return regtorch.MLPRegressor(**kw)
+
+
+def _cv_estimator(args: argparse.Namespace) -> Any:
+    """``RidgeCV``, ``LassoCV`` or ``ElasticNetCV`` from the flags (checked by
+    :func:`_check_cv_flags`); int ``--cv`` folds are replaced by explicit ones in memory."""
+    import regtorch
+
+    kw: dict[str, Any] = {"cv": args.cv, "selection_rule": args.selection_rule}
+    if args.alphas:
+        kw["alphas"] = list(args.alphas)
+    kw["random_state"] = args.seed  # the hash folds of a streamed fit (in memory: explicit)
+    if args.model == "ridgecv":
+        # chosen by the mean held-out MSE, as lassocv (scikit-learn's K-fold default is R2)
+        scoring = None if args.cv is None else "neg_mean_squared_error"
+        return regtorch.RidgeCV(
+            scoring=scoring, device=args.device, **kw
+        )  # the hash folds of a streamed fit (in memory: explicit)
+    if args.n_alphas is not None:
+        kw["alphas"] = args.n_alphas  # scikit-learn 1.9: an int sizes the automatic grid
+    if args.epochs is not None:
+        kw["max_iter"] = args.epochs
+    if args.model == "lassocv":
+        return regtorch.LassoCV(**kw)
+    ratios = list(args.l1_ratio) if args.l1_ratio else [0.5]
+    return regtorch.ElasticNetCV(l1_ratio=ratios[0] if len(ratios) == 1 else ratios, **kw)
+
+
+def _check_cv_flags(args: argparse.Namespace) -> None:
+    """Refuse CV flags on other models and flags the CV models do not take."""
+    model = args.model
+    if model not in CV_KINDS:
+        for flag, given in (
+            ("--alphas", args.alphas),
+            ("--n-alphas", args.n_alphas),
+            ("--cv", args.cv != 5),
+            ("--selection-rule", args.selection_rule != "min"),
+        ):
+            if given:
+                raise UserError(
+                    f"{flag}: only the cross-validated models (--model ridgecv, lassocv, "
+                    f"elasticnetcv) take it, not --model {model}."
+                )
+        if args.l1_ratio is not None and len(args.l1_ratio) > 1:
+            raise UserError(
+                f"--l1-ratio {','.join(map(str, args.l1_ratio))}: --model {model} takes one "
+                "value; a list is for --model elasticnetcv, which chooses among them."
+            )
+        if args.l1_ratio is not None and model != "elasticnet":
+            raise UserError(f"--l1-ratio: --model {model} has no L1 share (elasticnet does).")
+        return
+    if args.alpha is not None:
+        raise UserError(
+            f"--alpha: --model {model} chooses alpha by cross-validation; give the "
+            "candidates with --alphas (or --n-alphas)."
+        )
+    if args.cv is None and model != "ridgecv":
+        raise UserError("--cv loo: only ridgecv has an efficient leave-one-out; give --cv K.")
+    if model == "ridgecv" and args.n_alphas is not None:
+        raise UserError("--n-alphas: ridgecv has no automatic grid; give --alphas 0.1,1,10.")
+    if args.alphas and args.n_alphas is not None:
+        raise UserError("--alphas and --n-alphas: give one (--n-alphas sizes the automatic grid).")
+    if args.l1_ratio is not None and model != "elasticnetcv":
+        raise UserError(f"--l1-ratio: --model {model} has no L1 share (elasticnetcv does).")
+    if model != "ridgecv" and "," in args.target:
+        raise UserError(
+            f"--target {args.target}: --model {model} fits one target; fit one model per "
+            "target, or use --model ridgecv (several targets, one alpha)."
+        )
+    if model == "elasticnetcv" and args.l1_ratio and 0.0 in args.l1_ratio and not args.alphas:
+        raise UserError(
+            "--l1-ratio 0: the automatic alpha grid needs an L1 share > 0 (its largest alpha "
+            "is infinite for a pure ridge penalty); give --alphas, or use --model ridgecv."
+        )
+
+
+def _cv_folds(args: argparse.Namespace, rows: Any) -> Any:
+    """The folds of an in-memory CV fit as (train, test) positions among the training rows.
+
+    Drawn by :func:`regtorch.data.split.fold_of` on the rows' indices in the file, as a
+    streamed fit draws them, so both make the same folds and choose the same alpha.
+    """
+    import numpy as np
+
+    from regtorch.data.split import fold_of
+
+    folds = fold_of(np.asarray(rows, dtype=np.int64), args.seed, args.cv, args.test_size)
+    sizes = np.bincount(folds, minlength=args.cv)
+    if (sizes < 1).any() or len(rows) < 2 * args.cv:
+        raise UserError(
+            f"--cv {args.cv}: {len(rows)} training rows are too few for {args.cv} folds "
+            f"(the smallest would hold {int(sizes.min())} rows); lower --cv or give more rows."
+        )
+    return [(np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in range(args.cv)]
 
 
 def _watch_callbacks(args: argparse.Namespace) -> list[Any]:
@@ -190,6 +289,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from regtorch.outputs import claim_output
 
     _resume_from(args)  # --checkpoint is checked before any data is read
+    _check_cv_flags(args)
     _check_watch(args)  # and --log-csv, --tensorboard
     out = Path(args.out) if args.out else None
     # --out is checked and locked before the fit, and stays locked until its swap
@@ -283,7 +383,11 @@ def _fit_in_memory(args: argparse.Namespace, out: Path | None) -> int:
     resume = _resume_from(args)
     if resume is not None:
         fit_kw["resume_from"] = resume
+    if args.model in CV_KINDS and args.cv is not None:
+        est.set_params(cv=_cv_folds(args, rows[train_idx]))
     est.fit(Xdf.iloc[train_idx], y_fit[train_idx], **fit_kw)
+    if args.model in CV_KINDS:
+        est.set_params(cv=args.cv)  # the model file records --cv K, not the index arrays
     # no test rows (--test-size 0): an empty prediction of the right shape
     pred = est.predict(Xdf.iloc[test_idx]) if len(test_idx) else y_fit[test_idx]
     metrics = _test_metrics(args, X, y_fit, w, train_idx, test_idx, pred)
@@ -297,6 +401,9 @@ def _fit_in_memory(args: argparse.Namespace, out: Path | None) -> int:
     if coef is not None:
         _say()
         _say(format_table(*coef))
+    if type(est).__name__ in CV_CLASSES:
+        _say()
+        _say(cv_report(est, max_rows=12))
     if out is None:
         return 0
     record = {

@@ -8,7 +8,17 @@ from typing import Any
 
 from regtorch._version import __version__
 
-MODEL_KINDS = ("linear", "ridge", "lasso", "elasticnet", "mlp")
+MODEL_KINDS = (
+    "linear",
+    "ridge",
+    "lasso",
+    "elasticnet",
+    "ridgecv",
+    "lassocv",
+    "elasticnetcv",
+    "mlp",
+)
+CV_KINDS = ("ridgecv", "lassocv", "elasticnetcv")
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -21,6 +31,43 @@ def _hidden(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"--hidden takes positive widths like 64,64; got {text!r}")
     return sizes
+
+
+def _float_list(flag: str, low: float, high: float | None = None) -> Any:
+    """A parser of comma-separated numbers in ``[low, high]`` (``(low, ...`` for ``low=0``)."""
+    span = f"in [{low:g}, {high:g}]" if high is not None else "> 0"
+
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            vals = tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} takes numbers {span} separated by commas, like 0.1,0.5; got {text!r}"
+            ) from None
+        bad = [
+            v
+            for v in vals
+            if not (v == v and (low <= v <= high if high is not None else 0 < v < float("inf")))
+        ]
+        if not vals or bad:
+            raise argparse.ArgumentTypeError(
+                f"{flag} takes numbers {span}; got {text!r}"
+                + (f" ({bad[0]!r} is not)" if bad else "")
+            )
+        return vals
+
+    return parse
+
+
+def _cv(text: str) -> int | None:
+    """``--cv``: a number of folds >= 2, or ``loo`` (leave-one-out, ridgecv only): None."""
+    if text.strip().lower() == "loo":
+        return None
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of folds >= 2, or loo (ridgecv's leave-one-out), got {text!r}"
+        )
+    return int(text)
 
 
 def _batch_size(text: str) -> str:
@@ -109,7 +156,13 @@ def _add_fit_model(fit: argparse.ArgumentParser) -> None:
     fit.add_argument(
         "--alpha", type=float, help="penalty (ridge, lasso, elasticnet) or weight decay (mlp)"
     )
-    fit.add_argument("--l1-ratio", type=float, default=0.5, help="elasticnet's L1 share")
+    fit.add_argument(
+        "--l1-ratio",
+        type=_float_list("--l1-ratio", 0.0, 1.0),
+        help="elasticnet's L1 share (default 0.5); elasticnetcv: a comma list to choose "
+        "from by cross-validation, e.g. 0.1,0.5,0.9",
+    )
+    _add_fit_cv(fit)
     fit.add_argument("--hidden", type=_hidden, help="MLP hidden widths, e.g. 64,64")
     fit.add_argument("--epochs", type=int, help="MLP epochs / gradient solvers' iterations")
     fit.add_argument("--lr", type=float, help="learning rate (MLP, gradient solvers)")
@@ -129,6 +182,38 @@ def _add_fit_model(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--test-size", type=_fraction, default=0.2, help="test share (default 0.2)")
     fit.add_argument(
         "--val-size", type=_fraction, default=0.1, help="MLP validation share (default 0.1)"
+    )
+
+
+def _add_fit_cv(fit: argparse.ArgumentParser) -> None:
+    """``fit``'s options of the cross-validated models (ridgecv, lassocv, elasticnetcv)."""
+    fit.add_argument(
+        "--alphas",
+        type=_float_list("--alphas", 0.0),
+        metavar="A,B,...",
+        help="CV models: the penalties to try, e.g. 0.1,1,10 (ridgecv's default 0.1,1,10; "
+        "lassocv/elasticnetcv default: --n-alphas values from the data's largest useful alpha)",
+    )
+    fit.add_argument(
+        "--n-alphas",
+        type=_positive_int,
+        help="lassocv/elasticnetcv: how many alphas on the automatic grid (default 100)",
+    )
+    fit.add_argument(
+        "--cv",
+        type=_cv,
+        default=5,
+        metavar="K|loo",
+        help="CV models: number of folds (default 5), drawn among the training rows by the "
+        "seeded hash of --seed (the same folds in memory and streamed); ridgecv also takes loo "
+        "(efficient leave-one-out, in memory). Every CV model chooses by mean held-out MSE",
+    )
+    fit.add_argument(
+        "--selection-rule",
+        choices=("min", "1se"),
+        default="min",
+        help="CV models: the alpha of least mean CV error (min, default) or the largest alpha "
+        "whose CV error is within one standard error of it (1se)",
     )
 
 

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,153 @@ def _check_finite_predictions(pred: Any, df: Any, rows: Any, what: str) -> None:
     )
 
 
+CV_CLASSES = ("RidgeCV", "LassoCV", "ElasticNetCV")
+NO_INFERENCE = (
+    "No standard errors or p-values: the penalty was chosen by cross-validation on the same "
+    "data and shrinks the coefficients, so classical standard errors would mislead."
+)
+
+
+@dataclass
+class CVView:
+    """A fitted CV model's error curve(s) against alpha, as the tables and plots show them.
+
+    ``alphas``, ``mean`` and ``se`` are ``(n_curves, n_alphas)``: one curve per l1_ratio.
+    """
+
+    alphas: Any
+    mean: Any
+    se: Any | None
+    alpha: float
+    labels: list[str] | None
+    l1_ratios: list[float] | None
+    l1_ratio: float | None
+    n_folds: int | None
+
+
+def cv_view(est: Any) -> CVView:
+    """The CV error of ``est`` (RidgeCV, LassoCV, ElasticNetCV) at every alpha tried."""
+    import numpy as np
+
+    path = getattr(est, "mse_path_", None)
+    alphas = np.asarray(getattr(est, "alphas_", getattr(est, "alphas", None)), dtype=np.float64)
+    se = getattr(est, "mse_se_", None)
+    n_folds = getattr(est, "cv_folds_", None)  # n_samples for RidgeCV's leave-one-out
+    path = np.asarray(path, dtype=np.float64)
+    mean = path.mean(axis=-1)
+    if se is None:  # the estimators' own: std over folds (ddof=1) / sqrt(K)
+        k = path.shape[-1]
+        se = path.std(axis=-1, ddof=1) / np.sqrt(k) if k > 1 else None
+    mean = np.atleast_2d(mean)
+    se = None if se is None else np.atleast_2d(np.asarray(se, dtype=np.float64))
+    alphas = np.broadcast_to(np.atleast_2d(alphas), mean.shape)
+    ratios = getattr(est, "l1_ratio", None)
+    l1_ratio = getattr(est, "l1_ratio_", None)
+    l1_list = None
+    labels = None
+    if l1_ratio is not None:
+        l1_list = [float(r) for r in np.atleast_1d(np.asarray(ratios, dtype=np.float64))]
+        labels = [f"l1_ratio = {r:g}" for r in l1_list] if len(l1_list) > 1 else None
+    return CVView(
+        alphas,
+        mean,
+        se,
+        float(est.alpha_),
+        labels,
+        l1_list,
+        None if l1_ratio is None else float(l1_ratio),
+        None if n_folds is None else int(n_folds),
+    )
+
+
+def cv_table(est: Any, max_rows: int | None = None) -> tuple[list[str], list[list[Any]]]:
+    """The CV table: (l1_ratio,) alpha, mean CV MSE, its standard error, the chosen one marked.
+
+    With ``max_rows``, each curve shows that many alphas, evenly spaced, and the chosen one.
+    """
+    import numpy as np
+
+    v = cv_view(est)
+    multi = v.l1_ratios is not None and len(v.l1_ratios) > 1
+    rows: list[list[Any]] = []
+    n = v.mean.shape[1]
+    shown = list(range(n))
+    if max_rows is not None and n > max_rows:
+        picks = set(np.linspace(0, n - 1, max_rows).round().astype(int).tolist())
+        picks |= set(np.flatnonzero(np.isclose(v.alphas, v.alpha, rtol=1e-12).any(axis=0)))
+        shown = sorted(int(j) for j in picks)
+    for i in range(v.mean.shape[0]):
+        ratio = v.l1_ratios[i] if multi and v.l1_ratios else v.l1_ratio
+        for j in shown:
+            a = float(v.alphas[i, j])
+            chosen = np.isclose(a, v.alpha, rtol=1e-12) and (ratio == v.l1_ratio or not multi)
+            se = None if v.se is None else float(v.se[i, j])
+            row: list[Any] = [a, float(v.mean[i, j]), se, "<- chosen" if chosen else ""]
+            rows.append(([ratio] if multi else []) + row)
+    score = getattr(est, "score_path_", None)  # RidgeCV: what alpha_ maximises
+    if score is not None and np.ndim(score) == 1 and _ridge_scoring(est) != "MSE":
+        for row in rows:
+            a = row[-4]
+            row.insert(-1, float(score[int(np.argmin(np.abs(v.alphas[0] - a)))]))
+        headers = ["alpha", "mean CV MSE", "std err", f"mean CV {_ridge_scoring(est)}", ""]
+    else:
+        headers = ["alpha", "mean CV MSE", "std err", ""]
+    return (["l1_ratio", *headers] if multi else headers), rows
+
+
+def _ridge_scoring(est: Any) -> str:
+    """What a RidgeCV's ``alpha_`` optimises: "MSE" or "R2"."""
+    scoring = getattr(est, "scoring", None)
+    if scoring == "r2" or (scoring is None and getattr(est, "cv", None) is not None):
+        return "R2"  # scikit-learn's default score of K-fold RidgeCV
+    return "MSE"
+
+
+def cv_choice(est: Any) -> str:
+    """One line: the chosen alpha (and l1_ratio), the folds and the selection rule."""
+    v = cv_view(est)
+    folds = "leave-one-out" if _loo(est) else f"{v.n_folds}-fold"
+    rule = getattr(est, "selection_rule", "min")
+    if type(est).__name__ == "RidgeCV" and _ridge_scoring(est) == "R2":
+        what = "best mean CV R2" if rule == "min" else "largest alpha within 1 s.e. of the best R2"
+    else:
+        what = (
+            "least mean CV error" if rule == "min" else "largest alpha within 1 s.e. of the least"
+        )
+    l1 = f", l1_ratio {v.l1_ratio:g}" if v.l1_ratio is not None else ""
+    return f"chosen by {folds} cross-validation ({what}): alpha {v.alpha:.6g}{l1}"
+
+
+def cv_record(est: Any) -> dict[str, Any]:
+    """The choice for metrics.json: alpha (l1_ratio), folds, rule, and its mean CV MSE."""
+    import numpy as np
+
+    v = cv_view(est)
+    hit = np.isclose(v.alphas, v.alpha, rtol=1e-12)
+    if v.l1_ratios and len(v.l1_ratios) > 1:
+        hit &= (np.asarray(v.l1_ratios) == v.l1_ratio)[:, None]
+    i, j = (int(k[0]) for k in np.nonzero(hit))
+    out: dict[str, Any] = {
+        "alpha": v.alpha,
+        "folds": "leave-one-out" if _loo(est) else v.n_folds,
+        "selection_rule": getattr(est, "selection_rule", "min"),
+        "mean_cv_mse": float(v.mean[i, j]),
+        "mean_cv_mse_se": None if v.se is None else float(v.se[i, j]),
+    }
+    if v.l1_ratio is not None:
+        out["l1_ratio"] = v.l1_ratio
+    return out
+
+
+def _loo(est: Any) -> bool:
+    return type(est).__name__ == "RidgeCV" and getattr(est, "cv", 0) is None
+
+
+def cv_report(est: Any, max_rows: int | None = None) -> str:
+    """The chosen penalty, the CV table and why there are no p-values, as printed text."""
+    return "\n".join([cv_choice(est), format_table(*cv_table(est, max_rows)), NO_INFERENCE])
+
+
 def _coef_table(est: Any, names: list[str]) -> tuple[list[str], list[list[Any]]] | None:
     """The coefficient table of a linear model (with inference when it has it); None for MLPs."""
     import numpy as np
@@ -292,6 +440,8 @@ def _render_outputs(
         stage / MODEL_FILE,
         extra={"encoder": encoder.to_dict(), "target": targets, "metrics": record["metrics"]},
     )
+    if type(est).__name__ in CV_CLASSES:
+        record = {**record, "cv": cv_record(est)}
     (stage / "metrics.json").write_text(_json(record) + "\n")
     images = []
     if len(getattr(est, "history_", ())):  # none without training, or Ctrl-C in epoch 1
@@ -315,6 +465,10 @@ def _render_outputs(
                 "residuals",
             )
         )
+    sections = []
+    if type(est).__name__ in CV_CLASSES:
+        images += _cv_plots(stage, est, encoder.output_names)
+        sections.append(("Cross-validation", f"{cv_choice(est)}. {NO_INFERENCE}", *cv_table(est)))
     info = [
         ("model", record["model"]),
         ("data", args.data),
@@ -332,5 +486,49 @@ def _render_outputs(
         coef[0] if coef else None,
         coef[1] if coef else None,
         images,
+        sections,
     )
     (stage / "report.html").write_text(page, encoding="utf-8")
+
+
+def _cv_plots(stage: Path, est: Any, names: list[str]) -> list[tuple[Path, str]]:
+    """The CV error against alpha and, where the model kept it, the coefficient paths."""
+    import numpy as np
+
+    from regtorch import plotting
+
+    v = cv_view(est)
+    ratios = v.l1_ratios or []
+    i = ratios.index(v.l1_ratio) if v.l1_ratio in ratios and v.alphas.shape[0] > 1 else 0
+    folds = "leave-one-out" if _loo(est) else f"{v.n_folds} folds"
+    l1 = f"; chosen l1_ratio {v.l1_ratio:g}" if v.l1_ratio is not None and v.labels else ""
+    out = [
+        (
+            plotting.plot_cv_error(
+                v.alphas,
+                v.mean,
+                v.se,
+                v.alpha,
+                stage / "cv_error.png",
+                labels=v.labels,
+                title=f"Cross-validation error ({folds}{l1})",
+                chosen=i,
+            ),
+            "cross-validation error against alpha",
+        )
+    ]
+    path = getattr(est, "coef_path_", None)
+    if path is not None:
+        C = np.asarray(path, dtype=np.float64)
+        title = "Coefficient paths" + (f" (l1_ratio {v.l1_ratio:g})" if v.l1_ratio else "")
+        if C.ndim == 3:  # several targets: the first one's paths
+            C, title = C[:, :, 0], title + " (first target)"
+        out.append(
+            (
+                plotting.plot_coef_path(
+                    v.alphas[i], C, v.alpha, stage / "coef_path.png", names=names, title=title
+                ),
+                "coefficient paths against alpha",
+            )
+        )
+    return out

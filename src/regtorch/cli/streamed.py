@@ -19,11 +19,14 @@ from regtorch.cli.fit import (
     _resume_from,
     _say_metrics,
 )
+from regtorch.cli.parser import CV_KINDS
 from regtorch.cli.present import (
+    CV_CLASSES,
     UserError,
     _coef_table,
     _say,
     _write_outputs,
+    cv_report,
     format_table,
     strict_metrics,
 )
@@ -56,6 +59,11 @@ class _CountingSource:
 def _fit_streaming(args: argparse.Namespace, out: Path | None) -> int:
     """One pass over a table larger than memory (and over ranks, under torchrun)."""
     _check_streamable(args)
+    if args.model == "ridgecv" and args.cv is None:
+        raise UserError(
+            "--cv loo: leave-one-out needs each row's leverage, a second pass over the data; "
+            "a streamed ridgecv takes --cv K (K-fold from one pass)."
+        )
     from regtorch import distributed
 
     distributed.init_from_env(args.device, timeout_s=args.timeout)
@@ -98,10 +106,15 @@ def _stream_fit(args: argparse.Namespace, est: Any, source: Any) -> dict[str, An
     from regtorch.nn.streamed import stream_fit_mlp
 
     fit_stream: Any
-    if args.model == "mlp":
+    extra_kw: dict[str, Any]
+    if args.model in CV_KINDS:
+        from regtorch.linear.cv import stream_fit_cv
+
+        fit_stream, extra_kw = stream_fit_cv, {}
+    elif args.model == "mlp":
         est.set_params(verbose=bool(getattr(args, "verbose", False)))  # the bar: `progress`
         fit_stream = stream_fit_mlp
-        extra_kw: dict[str, Any] = {
+        extra_kw = {
             "val_fraction": args.val_size,
             "resume_from": _resume_from(args),
         }
@@ -175,6 +188,9 @@ def _fit_streaming_in_group(args: argparse.Namespace, out: Path | None) -> int:
     if coef is not None:
         _say()
         _say(format_table(*coef))
+    if type(est).__name__ in CV_CLASSES:
+        _say()
+        _say(cv_report(est, max_rows=12))
     if out is not None:
         record = {
             "model": type(est).__name__,
