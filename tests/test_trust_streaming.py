@@ -254,8 +254,10 @@ def test_the_memory_budget_holds_for_the_whole_process(tmp_path):
     assert peak <= budget * 2**20, (peak / 2**20, budget)
     # a network loads its optimizer's code after the source is sized: checked again then
     mlp = [*fit, "--model", "mlp", "--epochs", "1", "--memory-limit"]
-    proc, _ = run_peak(*mlp, f"{least}MB")
-    assert proc.returncode == 2 and "too small to train a network" in proc.stderr
+    # a few MiB above the start-up minimum: a process that starts a little larger on a busy
+    # machine still gets past the first check, to the network's
+    proc, _ = run_peak(*mlp, f"{least + 4}MB")
+    assert proc.returncode == 2 and "too small to train a network" in proc.stderr, proc.stderr
     least = int(proc.stderr.split("the minimum is ")[1].split()[0])
     proc, peak = run_peak(*mlp, f"{least + 16}MB")
     assert proc.returncode == 0, proc.stderr

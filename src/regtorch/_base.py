@@ -90,17 +90,21 @@ def _check_magnitude(A: np.ndarray, name: str, names: Any) -> None:
         )
 
 
-def check_gram_range(est: Any, X: torch.Tensor, y: torch.Tensor) -> None:
+def check_gram_range(est: Any, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Raise ``ValueError`` naming a column whose cross-products overflow float64.
 
-    For the estimators that work on the unscaled Gram (Lasso, ElasticNet).
+    For the estimators that work on the unscaled Gram (Lasso, ElasticNet). Returns the
+    largest magnitude of each column of ``[X, y]`` (callers may reuse it).
     """
+    peaks = []
     limit = math.sqrt(np.finfo(np.float64).max / (8.0 * max(X.shape[0], 1)))
     names = getattr(est, "feature_names_in_", None)
     for A, kind in ((X, "X"), (y, "y")):
         if A.numel() == 0:
             continue
-        top = torch.maximum(A.amax(0), A.amin(0).neg()).cpu().numpy()  # no |A| copy
+        top_t = torch.maximum(A.amax(0), A.amin(0).neg())  # no |A| copy
+        peaks.append(top_t.cpu().to(torch.float64))
+        top = top_t.cpu().numpy()
         bad = np.flatnonzero(top > limit)
         if bad.size:
             j = int(bad[0])
@@ -110,6 +114,7 @@ def check_gram_range(est: Any, X: torch.Tensor, y: torch.Tensor) -> None:
                 f"{top[j]:.3g}): its squares overflow float64 in the Gram matrix. Rescale it "
                 "(e.g. StandardScaler) or use LinearRegression or Ridge, which scale columns."
             )
+    return torch.cat(peaks) if len(peaks) == 2 else torch.zeros(X.shape[1] + y.shape[1])
 
 
 def data_fingerprint(X: Any, y: Any, sample_weight: Any | None) -> np.ndarray:

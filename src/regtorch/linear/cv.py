@@ -190,7 +190,7 @@ class ElasticNetCV(_LinearBase):
                 DataConversionWarning,
                 stacklevel=2,
             )
-        check_gram_range(self, Xt, yt)
+        peaks = check_gram_range(self, Xt, yt)
         states = fold_states_in_memory(
             Xt.cpu(),
             yt.cpu(),
@@ -198,6 +198,7 @@ class ElasticNetCV(_LinearBase):
             self.cv,
             self.random_state,
             fit_intercept=bool(self.fit_intercept),
+            peaks=peaks,
         )
         self._fit_folds(states, None)
         return self

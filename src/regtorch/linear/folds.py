@@ -212,13 +212,27 @@ def cv_states(
     )
 
 
-def _state_of(Z: torch.Tensor, w: torch.Tensor | None, idx: np.ndarray) -> MomentState:
-    """The moments of rows ``idx`` of ``Z``, in blocks."""
+def _state_of(Z: Any, w: torch.Tensor | None, idx: np.ndarray) -> MomentState:
+    """The moments of rows ``idx`` of ``Z``, in blocks. ``Z`` is a tensor, or the columns
+    ``(X, y, top)`` with ``top`` the largest magnitude of each column of ``[X, y]``: each
+    block is gathered straight into ``[X, y]`` (no copy of all the data), scaled by ``top``."""
     state = MomentState()
     for s in range(0, len(idx), MEMORY_BLOCK_ROWS):
         blk = torch.from_numpy(idx[s : s + MEMORY_BLOCK_ROWS])
-        state.update(Z[blk], None if w is None else w[blk])
+        wb = None if w is None else w[blk]
+        if isinstance(Z, tuple):
+            X, y, top = Z
+            state.update(torch.cat([X[blk], y[blk]], 1), wb, top=top)
+        else:
+            state.update(Z[blk], wb)
     return state
+
+
+def _peaks(A: torch.Tensor) -> torch.Tensor:
+    """The largest magnitude of each column (0 for an empty array)."""
+    if A.shape[0] == 0:
+        return torch.zeros(A.shape[1], dtype=A.dtype)
+    return torch.maximum(A.amax(0), A.amin(0).neg())
 
 
 def _disjoint(a: np.ndarray, b: np.ndarray, n: int) -> bool:
@@ -273,6 +287,7 @@ def fold_states_in_memory(
     *,
     fit_intercept: bool,
     feature_names: list[str] | None = None,
+    peaks: torch.Tensor | None = None,
 ) -> FoldStates:
     """The fold states of arrays in memory (``X (n, p)``, ``y (n, t)``, float64 CPU tensors).
 
@@ -284,7 +299,10 @@ def fold_states_in_memory(
     """
     n, p = X.shape
     names = feature_names or [f"x{j}" for j in range(p)]
-    Z = torch.cat([X.cpu(), y.cpu()], 1).to(torch.float64)
+    Xd, yd = X.cpu().to(torch.float64), y.cpu().to(torch.float64)
+    if peaks is None:  # the largest magnitude of each column of [X, y]
+        peaks = torch.cat([_peaks(Xd), _peaks(yd)])
+    Z = (Xd, yd, peaks)  # gathered per block, no full copy
     w = None if sw is None else sw.cpu().to(torch.float64).reshape(-1)
     t = int(y.shape[1])
     if cv is None or (isinstance(cv, (int, np.integer)) and not isinstance(cv, bool)):

@@ -69,11 +69,14 @@ class MomentState:
     rows: int = 0  # rows with a positive weight (the statistics' observations)
     log_w: float = 0.0  # sum of the log weights (the weighted log-likelihood's constant)
 
-    def update(self, Z: torch.Tensor, w: torch.Tensor | None = None) -> None:
+    def update(
+        self, Z: torch.Tensor, w: torch.Tensor | None = None, top: torch.Tensor | None = None
+    ) -> None:
         """Add a batch ``(rows, m)`` in float64, with optional sample weights ``(rows,)``.
 
         Rows of weight 0 count for nothing; a negative or non-finite weight raises
-        ``ValueError``.
+        ``ValueError``. ``top`` (optional, ``(m,)``): bounds of the columns' magnitudes known
+        in advance (e.g. over all the data), which spares a pass over the batch.
         """
         if w is not None:
             w = _check_weights(w, Z.shape[0])
@@ -82,7 +85,8 @@ class MomentState:
                 Z, w = Z[keep], w[keep]
         if Z.shape[0] == 0:
             return
-        top = torch.maximum(Z.amax(0), Z.amin(0).neg())  # cheaper than abs().amax()
+        if top is None:
+            top = torch.maximum(Z.amax(0), Z.amin(0).neg())  # cheaper than abs().amax()
         _, e = torch.frexp(torch.where(top > 0, top, torch.ones_like(top)))
         s = torch.ldexp(torch.ones_like(top), -e)
         log_w = 0.0
