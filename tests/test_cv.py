@@ -363,3 +363,11 @@ def test_heldout_mse_shapes_and_one_target_of_many():
     got = two.heldout_mse(1, np.array([[-1.0]]), np.array([5.0]), target=1)
     want1 = np.mean((Y[held, 1] + X[held, 0] - 5.0) ** 2)
     np.testing.assert_allclose(got.ravel(), [want1], rtol=1e-10)
+
+
+def test_a_target_whose_squares_overflow_is_refused_by_name():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 3))
+    y = (X @ [1.0, 0.0, 2.0] + rng.normal(size=80)) * 1e150
+    with pytest.raises(ValueError, match="column 'the target': its sum of squares overflows"):
+        LassoCV(cv=3).fit(X, y)

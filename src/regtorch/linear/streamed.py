@@ -309,8 +309,9 @@ def _stream_gram(
             j = int(bad[0])
             col = names[j] if j < len(names) else "the target"
             raise ValueError(
-                f"{who} cannot be streamed with column {col!r}: its squares overflow float64 "
-                "(the penalty is not scale-free). Rescale it, or fit in memory."
+                f"{who} cannot fit column {col!r}: its sum of squares overflows float64 in "
+                "the Gram matrix (the penalty is not scale-free, so columns are not rescaled). "
+                "Rescale it (e.g. StandardScaler)."
             )
         scale = torch.ones_like(scale)
     p = len(names)
