@@ -302,3 +302,36 @@ def test_more_ranks_than_row_groups_mlp_is_a_clear_error(tmp_path):
     # our one-line error from each rank (torchrun then prints its own launcher traceback)
     assert "regtorch: error: A rank has fewer than" in proc.stderr
     assert "use fewer processes" in proc.stderr
+
+
+@pytest.mark.parametrize("model", ["elasticnetcv", "ridgecv"])
+def test_cv_two_processes_equal_one(data, tmp_path, model):
+    """torchrun, 2 gloo ranks, each reading its own row groups: the fold states merged over
+    the ranks give the same folds, CV errors, choice and coefficients as one process."""
+    d, _ = data
+    args = ["fit", str(d / "t.parquet"), "--target", "y", "--model", model, "--stream"]
+    args += ["--l1-ratio", "0.2,0.8"] if model == "elasticnetcv" else ["--alphas", "0.1,10,1000"]
+    two = subprocess.run(
+        [*TORCHRUN, "--nproc_per_node=2", "--master_port", str(free_port()), "-m", "regtorch"]
+        + args
+        + ["--out", str(tmp_path / "two"), "--timeout", "60"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "2 processes" in two.stdout
+    one = subprocess.run(
+        [sys.executable, "-m", "regtorch", *args, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    a, b = regtorch.load(tmp_path / "two"), regtorch.load(tmp_path / "one")
+    assert a.alpha_ == b.alpha_
+    if model == "elasticnetcv":
+        assert a.l1_ratio_ == b.l1_ratio_
+    np.testing.assert_allclose(a.mse_path_, b.mse_path_, rtol=1e-9)
+    np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-9, atol=1e-12)
+    assert a.intercept_ == pytest.approx(b.intercept_, rel=1e-9)
