@@ -1,7 +1,6 @@
 """LassoCV / ElasticNetCV from per-fold moments: = scikit-learn on the same folds, streamed = in
 memory, 2 ranks = 1, exact held-out errors, the 1se rule and bad input."""
 
-import threading
 import warnings
 
 import numpy as np
@@ -22,6 +21,7 @@ from regtorch.data.table import Batch
 from regtorch.linear.cv import choose, cv_states, stream_fit_cv
 from regtorch.linear.folds import fold_states_in_memory
 from regtorch.linear.solvers import gram_state
+from tests.thread_ranks import _Ranks
 
 RNG = np.random.default_rng(0)
 N, P = 400, 5
@@ -221,40 +221,6 @@ class Arrays:
                 sl = slice(i, i + self.batch_rows)
                 rows = np.arange(i, min(i + self.batch_rows, N))
                 yield Batch(self.Z[sl], rows, P, None if self.w is None else self.w[sl])
-
-
-class _Ranks:
-    """Threads as ranks exchanging tensors through regtorch.distributed.all_gather."""
-
-    def __init__(self, world):
-        self.world, self.barrier = world, threading.Barrier(world)
-        self.slots, self.local = [None] * world, threading.local()
-
-    def all_gather(self, t):
-        self.barrier.wait()
-        self.slots[self.local.rank] = t.clone()
-        self.barrier.wait()
-        return [s.clone() for s in self.slots]
-
-    def run(self, fn):
-        out, errors = [None] * self.world, []
-
-        def target(r):
-            self.local.rank = r
-            try:
-                out[r] = fn(r)
-            except Exception as exc:  # noqa: BLE001 - re-raised in the main thread
-                errors.append(exc)
-                self.barrier.abort()
-
-        threads = [threading.Thread(target=target, args=(r,)) for r in range(self.world)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return out
 
 
 def test_two_ranks_equal_one(monkeypatch):

@@ -1,6 +1,5 @@
 """One sufficient-statistics path: streamed (any source, weights, ranks) = in memory = references."""
 
-import threading
 import warnings
 
 import numpy as np
@@ -18,6 +17,7 @@ from regtorch.data import TableSource
 from regtorch.data.split import hash01
 from regtorch.data.table import Batch
 from regtorch.linear import MomentState, stream_fit_linear
+from tests.thread_ranks import _Ranks
 
 RNG = np.random.default_rng(0)
 N, P = 700, 4
@@ -206,42 +206,6 @@ def test_onehot_columns_streamed_equal_in_memory(make):
     ref = make().fit(enc, y)
     check_same(est, ref, 1e-8, atol=1e-12)
     assert list(est.feature_names_in_) == list(enc.columns)
-
-
-class _Ranks:
-    """Threads as ranks: regtorch.distributed's collectives exchange tensors between them."""
-
-    def __init__(self, world):
-        self.world = world
-        self.barrier = threading.Barrier(world)
-        self.slots = [None] * world
-        self.local = threading.local()
-
-    def all_gather(self, t):
-        self.barrier.wait()  # every rank has read the previous round
-        self.slots[self.local.rank] = t.clone()
-        self.barrier.wait()
-        return [s.clone() for s in self.slots]
-
-    def run(self, fn):
-        out, errors = [None] * self.world, []
-
-        def target(r):
-            self.local.rank = r
-            try:
-                out[r] = fn(r)
-            except Exception as exc:  # noqa: BLE001 - re-raised in the main thread
-                errors.append(exc)
-                self.barrier.abort()
-
-        threads = [threading.Thread(target=target, args=(r,)) for r in range(self.world)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return out
 
 
 def _ill_conditioned():
