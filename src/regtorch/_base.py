@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import validate_data
 
-from regtorch._validation import resolve_device
+from regtorch._validation import column_peaks, resolve_device
 
 __all__ = [
     "check_gram_range",
@@ -102,7 +102,7 @@ def check_gram_range(est: Any, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     for A, kind in ((X, "X"), (y, "y")):
         if A.numel() == 0:
             continue
-        top_t = torch.maximum(A.amax(0), A.amin(0).neg())  # no |A| copy
+        top_t = column_peaks(A)
         peaks.append(top_t.cpu().to(torch.float64))
         top = top_t.cpu().numpy()
         bad = np.flatnonzero(top > limit)

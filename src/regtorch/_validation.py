@@ -16,6 +16,7 @@ __all__ = [
     "check_consistent_length",
     "check_finite",
     "check_X_y_tensors",
+    "column_peaks",
     "resolve_device",
 ]
 
@@ -70,6 +71,16 @@ def _local_cuda() -> torch.device:
             "pass device='cuda:0' (--device cuda:0)."
         )
     return torch.device("cuda", index)
+
+
+def column_peaks(A: torch.Tensor) -> torch.Tensor:
+    """The largest magnitude of each column of ``A (n, m)``; zeros when ``n == 0``.
+
+    ``max(A.max(), -A.min())``: two reductions, no ``|A|`` temporary the size of the data.
+    """
+    if A.shape[0] == 0:
+        return torch.zeros(A.shape[1], dtype=A.dtype, device=A.device)
+    return torch.maximum(A.amax(0), A.amin(0).neg())
 
 
 def _is_string_like(arr: np.ndarray) -> bool:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from regtorch import distributed
+from regtorch._validation import column_peaks
 from regtorch.data.prefetch import Progress, prefetch
 from regtorch.data.readers import DataError
 from regtorch.data.split import fold_of
@@ -228,13 +229,6 @@ def _state_of(Z: Any, w: torch.Tensor | None, idx: np.ndarray) -> MomentState:
     return state
 
 
-def _peaks(A: torch.Tensor) -> torch.Tensor:
-    """The largest magnitude of each column (0 for an empty array)."""
-    if A.shape[0] == 0:
-        return torch.zeros(A.shape[1], dtype=A.dtype)
-    return torch.maximum(A.amax(0), A.amin(0).neg())
-
-
 def _disjoint(a: np.ndarray, b: np.ndarray, n: int) -> bool:
     """Whether index arrays ``a`` and ``b`` (of ``n`` rows) share no row."""
     mark = np.zeros(n, dtype=bool)
@@ -301,7 +295,7 @@ def fold_states_in_memory(
     names = feature_names or [f"x{j}" for j in range(p)]
     Xd, yd = X.cpu().to(torch.float64), y.cpu().to(torch.float64)
     if peaks is None:  # the largest magnitude of each column of [X, y]
-        peaks = torch.cat([_peaks(Xd), _peaks(yd)])
+        peaks = torch.cat([column_peaks(Xd), column_peaks(yd)])
     Z = (Xd, yd, peaks)  # gathered per block, no full copy
     w = None if sw is None else sw.cpu().to(torch.float64).reshape(-1)
     t = int(y.shape[1])

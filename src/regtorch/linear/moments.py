@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from regtorch import distributed
+from regtorch._validation import column_peaks
 from regtorch.data.prefetch import Progress, prefetch
 from regtorch.nn.loop import _num_threads
 
@@ -86,7 +87,7 @@ class MomentState:
         if Z.shape[0] == 0:
             return
         if top is None:
-            top = torch.maximum(Z.amax(0), Z.amin(0).neg())  # cheaper than abs().amax()
+            top = column_peaks(Z)
         _, e = torch.frexp(torch.where(top > 0, top, torch.ones_like(top)))
         s = torch.ldexp(torch.ones_like(top), -e)
         log_w = 0.0

@@ -20,7 +20,7 @@ import torch
 
 from regtorch._base import check_param, validate_fit_input
 from regtorch.linear.estimators import _LinearBase
-from regtorch.linear.solvers import GramState, center_and_weight, gram_state
+from regtorch.linear.solvers import center_and_weight, gram_state
 
 __all__ = ["RidgeCV", "RidgeCVFit"]
 
@@ -291,14 +291,6 @@ def _loo_fit(
     )
 
 
-def _heldout_mse(te: GramState, coefs: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """Weighted held-out MSE ``(n_alphas, k)`` of ``y - X coef - b`` from the fold's moments."""
-    quad = te.yty - 2 * torch.einsum("apk,pk->ak", coefs, te.Xty)
-    quad = quad + torch.einsum("apk,pq,aqk->ak", coefs, te.G, coefs)
-    bias = te.y_offset - torch.einsum("p,apk->ak", te.X_offset, coefs) - b
-    return (quad.clamp_min(0) / te.weight_sum + bias.square()).numpy()
-
-
 def _fold_scores(states: Any, alphas: torch.Tensor, scoring: Any) -> tuple[np.ndarray, np.ndarray]:
     """Held-out score and weighted MSE (averaged over targets) per alpha and fold."""
     K = states.n_folds
@@ -308,7 +300,7 @@ def _fold_scores(states: Any, alphas: torch.Tensor, scoring: Any) -> tuple[np.nd
         coefs = _ridge_path(tr.G, tr.Xty, alphas)  # (n_alphas, p, k)
         b = tr.y_offset - torch.einsum("p,apk->ak", tr.X_offset, coefs)
         te = states.test(f)
-        mse = _heldout_mse(te, coefs, b)  # (n_alphas, k)
+        mse = states.heldout_mse(f, coefs, b)  # (n_alphas, k)
         mses[:, f] = mse.mean(1)
         if scoring == "neg_mean_squared_error":
             scores[:, f] = -mse.mean(1)
