@@ -306,3 +306,49 @@ def test_weights_at_the_ends_of_the_range_fit_as_unscaled_ones(scale):
     for est in (mem, streamed):
         np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(est.summary().bse, ref.summary().bse, rtol=1e-9)
+
+
+def _exact_moments(Z, w=None):
+    """Mean and centred cross-products in extended precision (the reference)."""
+    Zl = np.asarray(Z, dtype=np.longdouble)
+    wl = np.ones(len(Zl), dtype=np.longdouble) if w is None else np.asarray(w, np.longdouble)
+    mean = (wl[:, None] * Zl).sum(0) / wl.sum()
+    Zc = Zl - mean
+    return mean.astype(float), ((Zc * wl[:, None]).T @ Zc).astype(float)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("magnitude", [1.0, 1e150, 1e-150])
+def test_moment_state_far_means_at_extreme_magnitudes(weighted, magnitude):
+    # columns whose mean dwarfs their spread (the batch is centred again) and whose
+    # magnitudes leave the unscaled range (the batch is scaled first): both at once
+    rng = np.random.default_rng(3)
+    Z = np.column_stack([1e4 + rng.normal(size=300), rng.normal(size=300)]) * magnitude
+    w = rng.uniform(0.5, 2.0, 300) if weighted else None
+    st = MomentState()
+    st.update(torch.from_numpy(Z), None if w is None else torch.from_numpy(w))
+    mean, C = _exact_moments(Z / magnitude, w)
+    sm = st.scale.numpy() * magnitude  # the state's units per unit of Z / magnitude
+    np.testing.assert_allclose(st.mean.numpy() / sm, mean, rtol=1e-13)
+    np.testing.assert_allclose(st.C.numpy() / np.outer(sm, sm), C, rtol=1e-9)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("shift", [0.0, 1e6])
+def test_update_columns_equals_update_of_the_joined_batch(weighted, shift):
+    rng = np.random.default_rng(4)
+    Xb, yb = rng.normal(size=(257, 3)) + shift, rng.normal(size=(257, 2))
+    w = rng.uniform(0.0, 2.0, 257) if weighted else None
+    if w is not None:
+        w[::5] = 0.0
+    top = torch.from_numpy(np.abs(np.column_stack([Xb, yb])).max(0))
+    a, b = MomentState(), MomentState()
+    a.update(torch.from_numpy(np.column_stack([Xb, yb])), None if w is None else torch.tensor(w))
+    b.update_columns(Xb, yb, w, top)
+    assert a.rows == b.rows and a.n == pytest.approx(b.n, rel=1e-15)
+    assert a.log_w == pytest.approx(b.log_w, rel=1e-12)
+    s = (a.scale / b.scale).numpy()
+    np.testing.assert_allclose((b.mean * torch.from_numpy(s)).numpy(), a.mean.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(
+        b.C.numpy() * np.outer(s, s), a.C.numpy(), rtol=1e-10, atol=1e-12 * float(a.C.abs().max())
+    )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
+from sklearn.utils import assert_all_finite
 from sklearn.utils.validation import validate_data
 
 from regtorch._validation import column_peaks, resolve_device
@@ -18,6 +19,8 @@ __all__ = [
     "data_fingerprint",
     "same_data",
     "to_numpy_input",
+    "FitData",
+    "validate_fit_data",
     "validate_fit_input",
     "validate_predict_input",
 ]
@@ -28,6 +31,16 @@ def to_numpy_input(X: Any) -> Any:
     if isinstance(X, torch.Tensor):
         return X.detach().cpu().numpy()
     return X
+
+
+class FitData(NamedTuple):
+    """Validated fit input (see :func:`validate_fit_data`)."""
+
+    X: torch.Tensor  # (n_samples, n_features)
+    y: torch.Tensor  # (n_samples, n_targets)
+    sample_weight: torch.Tensor | None  # (n_samples,)
+    y_1d: bool  # whether y was one-dimensional (attributes then drop the target axis)
+    peaks: torch.Tensor  # (n_features + n_targets,) float64 CPU: max |value| of [X, y]
 
 
 def validate_fit_input(
@@ -51,6 +64,24 @@ def validate_fit_input(
     y_1d : bool
         Whether y was one-dimensional (attributes then drop the target axis).
     """
+    d = validate_fit_data(est, X, y, sample_weight, dtype=dtype, device=device)
+    return d.X, d.y, d.sample_weight, d.y_1d
+
+
+def validate_fit_data(
+    est: Any,
+    X: Any,
+    y: Any,
+    sample_weight: Any | None = None,
+    *,
+    dtype: Any = np.float64,
+    device: str | torch.device = "cpu",
+) -> FitData:
+    """:func:`validate_fit_input` plus the largest magnitude of each column of ``[X, y]``.
+
+    One pass over ``X`` checks it for NaN and infinity (scikit-learn's message), for
+    values whose sums overflow, and yields the column peaks the Gram-based fits reuse.
+    """
     X, y = validate_data(
         est,
         to_numpy_input(X),
@@ -59,11 +90,18 @@ def validate_fit_input(
         y_numeric=True,
         dtype=dtype,
         ensure_min_samples=1,
+        ensure_all_finite=False,  # checked below, in the same pass as the column peaks
     )
     y_1d = y.ndim == 1
     y2 = y.reshape(-1, 1) if y_1d else y
-    _check_magnitude(X, "X", getattr(est, "feature_names_in_", None))
-    _check_magnitude(y2, "y", None)
+    top_x = _abs_peaks(X)
+    if not np.isfinite(top_x).all():
+        assert_all_finite(X, input_name="X", estimator_name=type(est).__name__)
+    _check_magnitude(top_x, X.shape[0], "X", getattr(est, "feature_names_in_", None))
+    top_y = _abs_peaks(np.asarray(y2, dtype=np.float64))
+    if not np.isfinite(top_y).all():
+        assert_all_finite(y2, input_name="y", estimator_name=type(est).__name__)
+    _check_magnitude(top_y, X.shape[0], "y", None)
     sw = None
     if sample_weight is not None:
         sw = torch.as_tensor(check_sample_weight(sample_weight, X).astype(X.dtype))
@@ -71,38 +109,61 @@ def validate_fit_input(
     # np.require copies only read-only or non-contiguous input (torch wants it writable)
     Xt = torch.as_tensor(np.require(X, requirements=["C", "W"])).to(dev)
     yt = torch.as_tensor(np.require(y2, dtype=X.dtype, requirements=["C", "W"])).to(dev)
-    return Xt, yt, None if sw is None else sw.to(dev), y_1d
+    peaks = torch.from_numpy(np.concatenate([top_x, top_y]).astype(np.float64))
+    return FitData(Xt, yt, None if sw is None else sw.to(dev), y_1d, peaks)
 
 
-def _check_magnitude(A: np.ndarray, name: str, names: Any) -> None:
-    """Reject finite values so large that sums over the samples overflow float64."""
+# rows per block of the column-peak pass: the |block| temporary stays in cache
+_PEAK_BLOCK_ROWS = 8192
+
+
+def _abs_peaks(A: np.ndarray) -> np.ndarray:
+    """``max |A[:, j]|`` per column in one pass (NaN where a column holds NaN)."""
     if A.size == 0:
-        return
-    top = np.maximum(A.max(0), -A.min(0))  # no |A| temporary the size of the data
-    limit = np.finfo(np.float64).max / (4.0 * max(A.shape[0], 1))
+        return np.zeros(A.shape[1], dtype=np.float64)
+    if not A.flags.c_contiguous:  # column-major: each column's reduction is contiguous
+        return np.maximum(A.max(0), -A.min(0))
+    top = np.zeros(A.shape[1], dtype=A.dtype)
+    buf = np.empty((min(_PEAK_BLOCK_ROWS, A.shape[0]), A.shape[1]), dtype=A.dtype)
+    for i in range(0, A.shape[0], _PEAK_BLOCK_ROWS):
+        blk = np.abs(A[i : i + _PEAK_BLOCK_ROWS], out=buf[: min(_PEAK_BLOCK_ROWS, A.shape[0] - i)])
+        np.maximum(top, blk.max(0), out=top)  # NaN propagates
+    return top
+
+
+def _check_magnitude(top: np.ndarray, n: int, name: str, names: Any) -> None:
+    """Reject finite values so large that sums over the samples overflow float64."""
+    limit = np.finfo(np.float64).max / (4.0 * max(n, 1))
     bad = np.flatnonzero(top > limit)
     if bad.size:
         j = int(bad[0])
         col = str(names[j]) if names is not None else f"{'x' if name == 'X' else 'y'}{j}"
         raise ValueError(
             f"Input {name} contains values too large for float64 arithmetic (column {col!r}, "
-            f"max {top[j]:.3g}; sums over {A.shape[0]} samples would overflow). Rescale it."
+            f"max {top[j]:.3g}; sums over {n} samples would overflow). Rescale it."
         )
 
 
-def check_gram_range(est: Any, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def check_gram_range(
+    est: Any, X: torch.Tensor, y: torch.Tensor, peaks_xy: torch.Tensor | None = None
+) -> torch.Tensor:
     """Raise ``ValueError`` naming a column whose cross-products overflow float64.
 
     For the estimators that work on the unscaled Gram (Lasso, ElasticNet). Returns the
-    largest magnitude of each column of ``[X, y]`` (callers may reuse it).
+    largest magnitude of each column of ``[X, y]`` (callers may reuse it); ``peaks_xy``
+    (from :func:`validate_fit_data`) spares computing it again.
     """
+    p = X.shape[1]
     peaks = []
     limit = math.sqrt(np.finfo(np.float64).max / (8.0 * max(X.shape[0], 1)))
     names = getattr(est, "feature_names_in_", None)
     for A, kind in ((X, "X"), (y, "y")):
         if A.numel() == 0:
             continue
-        top_t = column_peaks(A)
+        if peaks_xy is not None:
+            top_t = peaks_xy[:p] if kind == "X" else peaks_xy[p:]
+        else:
+            top_t = column_peaks(A)
         peaks.append(top_t.cpu().to(torch.float64))
         top = top_t.cpu().numpy()
         bad = np.flatnonzero(top > limit)

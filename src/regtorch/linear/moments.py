@@ -46,10 +46,18 @@ CANCELLATION_RATIO = 1e3
 SAFE_EXPONENT = 400
 
 
+def _pow2_scale(top: torch.Tensor) -> torch.Tensor:
+    """Per column, the power of two ``s`` with ``top * s`` in [0.5, 1) (1 for a zero column)."""
+    t = top.cpu().numpy()
+    _, e = np.frexp(np.where(t > 0, t, 1.0))
+    return torch.from_numpy(np.ldexp(1.0, -e)).to(top.device)
+
+
 def _products_in_range(top: torch.Tensor) -> bool:
     """Whether columns with these largest magnitudes can form their Gram unscaled."""
     big = 2.0**SAFE_EXPONENT
-    return bool(((top < big) & ((top == 0) | (top > 1 / big))).all())
+    t = top.cpu().numpy()
+    return bool(((t < big) & ((t == 0) | (t > 1 / big))).all())
 
 
 @dataclass
@@ -86,36 +94,40 @@ class MomentState:
                 Z, w = Z[keep], w[keep]
         if Z.shape[0] == 0:
             return
-        if top is None:
-            top = column_peaks(Z)
-        _, e = torch.frexp(torch.where(top > 0, top, torch.ones_like(top)))
-        s = torch.ldexp(torch.ones_like(top), -e)
-        log_w = 0.0
-        if w is None and _products_in_range(top):
-            # scaling by powers of two commutes with every rounding while nothing overflows
-            # or underflows: scale the mean and Gram, not a copy of the batch (same bits)
-            n = float(Z.shape[0])
-            mb = Z.mean(0) * s
-            C = (Z.mT @ Z) * torch.outer(s, s) - n * torch.outer(mb, mb)
+        # CPU float64 runs in numpy: one BLAS thread pool for the whole update (torch's
+        # OpenMP threads would spin against OpenBLAS's between calls) and syrk for the Gram
+        if Z.device.type == "cpu" and Z.dtype == torch.float64 and not Z.requires_grad:
+            self._add(Z.numpy(), None if w is None else w.numpy(), top)
         else:
-            Z = Z * s  # exact
-            if w is None:
-                n = float(Z.shape[0])
-                mb = Z.mean(0)
-                A = Z
-            else:
-                n, log_w = float(w.sum()), float(w.log().sum())
-                mb = (w @ Z) / n
-                A = Z * w.sqrt().unsqueeze(1)
-            # raw Gram minus the mean's share: no centred copy of the batch
-            C = A.mT @ A - n * torch.outer(mb, mb)
-        spread = C.diagonal()
-        # where a column's mean dwarfs its spread the subtraction cancels digits: centre
-        if bool((n * mb.square() > CANCELLATION_RATIO * spread.clamp_min(1e-300)).any()):
-            Zs = Z * s if w is None else Z  # the weighted branch has scaled Z already
-            Ac = Zs - mb if w is None else (Zs - mb) * w.sqrt().unsqueeze(1)
-            C = Ac.mT @ Ac
-        self.merge(MomentState(n, mb, C, s, int(Z.shape[0]), log_w))
+            self._add(Z, w, top)
+
+    def update_columns(
+        self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None, top: torch.Tensor
+    ) -> None:
+        """:meth:`update` with ``Z = [X, y]`` given as its two float64 column blocks (no
+        concatenated copy while the Gram can be formed unscaled) and the peaks ``top``."""
+        if w is not None:
+            wt = _check_weights(torch.from_numpy(w), X.shape[0])
+            keep = (wt > 0).numpy()
+            if not keep.all():
+                X, y, wt = X[keep], y[keep], wt[torch.from_numpy(keep)]
+            w = wt.numpy()
+        if X.shape[0]:
+            self._add((X, y), w, top)
+
+    def _add(self, Z: Any, w: Any, top: torch.Tensor | None) -> None:
+        """Merge the moments of a non-empty batch (a numpy array, a pair of numpy column
+        blocks, or a tensor on any device; weights positive and checked)."""
+        cpu = not isinstance(Z, torch.Tensor)
+        if top is None:
+            top = torch.from_numpy(np.maximum(Z.max(0), -Z.min(0))) if cpu else column_peaks(Z)
+        s = _pow2_scale(top)
+        log_w = 0.0 if w is None else float(torch.as_tensor(w).log().sum())
+        rows = int(_rows(Z))
+        n, mb, C = _batch_moments(Z, w, s.numpy() if cpu else s, _products_in_range(top))
+        if cpu:
+            mb, C = torch.from_numpy(mb), torch.from_numpy(C)
+        self.merge(MomentState(n, mb, C, s, rows, log_w))
 
     def _at(self, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, C)`` expressed with the (smaller, power-of-two) ``scale``."""
@@ -167,6 +179,75 @@ class MomentState:
         for t in distributed.all_gather(self.to_tensor(m)):
             total.merge(MomentState.from_tensor(t, m))
         return total
+
+
+def _rows(Z: Any) -> int:
+    return int(Z[0].shape[0] if isinstance(Z, tuple) else Z.shape[0])
+
+
+def _raw_gram(A: Any) -> Any:
+    """``A' A`` of a numpy array (BLAS syrk: half a GEMM's work) or a tensor."""
+    if isinstance(A, np.ndarray):
+        a = np.ascontiguousarray(A)
+        return a.T @ a  # the same buffer transposed: numpy calls syrk
+    return A.mT @ A
+
+
+def _sums_and_gram(Z: Any) -> tuple[Any, Any]:
+    """Column sums and raw Gram of ``Z``: a numpy array, a pair ``(X, y)`` of numpy column
+    blocks (``X' [y, 1]`` in one product: no pass of its own for the sums), or a tensor."""
+    if isinstance(Z, tuple):
+        X, y = Z
+        p, t = X.shape[1], y.shape[1]
+        y1 = np.empty((y.shape[0], t + 1))
+        y1[:, :t], y1[:, t] = y, 1.0
+        cross = X.T @ y1  # (p, t + 1): X'y and the sums of X
+        G = np.empty((p + t, p + t))
+        G[:p, :p] = _raw_gram(X)
+        G[:p, p:] = cross[:, :t]
+        G[p:, :p] = cross[:, :t].T
+        G[p:, p:] = y.T @ y
+        return np.concatenate([cross[:, t], y.sum(0)]), G
+    if isinstance(Z, np.ndarray):
+        return np.ones(Z.shape[0]) @ Z, _raw_gram(Z)  # BLAS: faster than sum(0)
+    return Z.sum(0), _raw_gram(Z)
+
+
+def _outer(v: Any) -> Any:
+    return v[:, None] * v[None, :]
+
+
+def _batch_moments(Z: Any, w: Any, s: Any, in_range: bool) -> tuple[float, Any, Any]:
+    """Weighted count, mean and centred cross-products of ``Z * s`` (numpy or torch alike;
+    ``Z`` may be a pair of numpy column blocks).
+
+    ``s``: powers of two per column. While products stay in range (``in_range``, no
+    weights) the scaling commutes with every rounding: the mean and Gram are scaled, not a
+    copy of the batch (same bits).
+    """
+    if w is None and in_range:
+        n = float(_rows(Z))
+        sums, G = _sums_and_gram(Z)
+        mb = sums / n * s
+        C = G * _outer(s) - n * _outer(mb)
+        Zs = None  # the scaled batch, formed only if needed below
+    else:
+        Z = np.hstack(Z) if isinstance(Z, tuple) else Z
+        Zs = Z * s  # exact
+        if w is None:
+            n, mb, A = float(Z.shape[0]), Zs.mean(0), Zs
+        else:
+            n = float(w.sum())
+            mb = (w @ Zs) / n
+            A = Zs * (w**0.5)[:, None]
+        # raw Gram minus the mean's share: no centred copy of the batch
+        C = _raw_gram(A) - n * _outer(mb)
+    # where a column's mean dwarfs its spread the subtraction cancels digits: centre
+    if bool((n * mb * mb > CANCELLATION_RATIO * C.diagonal()).any()):
+        Z = np.hstack(Z) if isinstance(Z, tuple) else Z
+        Ac = (Z * s if Zs is None else Zs) - mb
+        C = _raw_gram(Ac if w is None else Ac * (w**0.5)[:, None])
+    return n, mb, C
 
 
 def _check_weights(w: torch.Tensor, n: int) -> torch.Tensor:
