@@ -66,18 +66,24 @@ def _pairs(folds: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[str, Any, A
     import regtorch
 
     a = list(RIDGE_ALPHAS)
+    # regtorch's cv=5 with random_state=0 gives exactly these folds (fold_of's hash), as a
+    # user would call it; scikit-learn gets them as explicit index pairs
     return [
         ("RidgeCV(cv=None), 10 alphas", sk.RidgeCV(alphas=a), regtorch.RidgeCV(alphas=a)),
         (
             "RidgeCV(cv=5), 10 alphas",
             sk.RidgeCV(alphas=a, cv=folds),
-            regtorch.RidgeCV(alphas=a, cv=folds),
+            regtorch.RidgeCV(alphas=a, cv=N_FOLDS, random_state=0),
         ),
-        ("LassoCV(cv=5), 100 alphas", sk.LassoCV(cv=folds), regtorch.LassoCV(cv=folds)),
+        (
+            "LassoCV(cv=5), 100 alphas",
+            sk.LassoCV(cv=folds),
+            regtorch.LassoCV(cv=N_FOLDS, random_state=0),
+        ),
         (
             "ElasticNetCV(cv=5, l1_ratio=[.1,.5,.9])",
             sk.ElasticNetCV(cv=folds, l1_ratio=L1_RATIOS),
-            regtorch.ElasticNetCV(cv=folds, l1_ratio=L1_RATIOS),
+            regtorch.ElasticNetCV(cv=N_FOLDS, random_state=0, l1_ratio=L1_RATIOS),
         ),
     ]
 

@@ -337,3 +337,30 @@ def test_a_target_whose_squares_overflow_is_refused_by_name():
     y = (X @ [1.0, 0.0, 2.0] + rng.normal(size=80)) * 1e150
     with pytest.raises(ValueError, match="column 'the target': its sum of squares overflows"):
         LassoCV(cv=3).fit(X, y)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_one_pass_fold_moments_equal_each_folds_own_rows(weighted, monkeypatch):
+    # the one-pass gather (blocks of rows sorted by fold) gives each fold the moments of
+    # exactly its rows: checked against each fold's rows taken directly, with rows in no
+    # test set ("rest"), blocks smaller than the data and zero weights
+    import regtorch.linear.folds as folds_mod
+    from regtorch.linear.moments import MomentState
+
+    monkeypatch.setattr(folds_mod, "FOLD_BLOCK_ROWS", 37)
+    rng = np.random.default_rng(5)
+    perm = rng.permutation(N)
+    tests = [np.sort(perm[:90]), np.sort(perm[90:200]), np.sort(perm[200:330])]
+    splits = [(np.setdiff1d(np.arange(N), te), te) for te in tests]  # 70 rows in no test set
+    w = torch.from_numpy(W) if weighted else None
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(Y[:, None])
+    st = fold_states_in_memory(Xt, yt, w, splits, None, fit_intercept=True)
+    rest = np.setdiff1d(np.arange(N), np.concatenate(tests))
+    for got, rows in [*zip(st.fold, tests, strict=True), (st.rest, rest)]:
+        ref = MomentState()
+        Z = torch.from_numpy(np.column_stack([X, Y])[rows])
+        ref.update(Z, None if w is None else w[rows])
+        assert got.rows == ref.rows and got.n == pytest.approx(ref.n, rel=1e-14)
+        r = (ref.scale / got.scale).numpy()
+        np.testing.assert_allclose(got.mean.numpy() * r, ref.mean.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(got.C.numpy() * np.outer(r, r), ref.C.numpy(), rtol=1e-9)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
 
-from regtorch._base import check_gram_range, check_param, validate_fit_input
+from regtorch._base import check_gram_range, check_param, validate_fit_data
 from regtorch.linear.estimators import _LinearBase
 from regtorch.linear.folds import FoldStates, cv_states, fold_states_in_memory
 from regtorch.linear.moments import BatchSource
@@ -180,7 +180,7 @@ class ElasticNetCV(_LinearBase):
     def fit(self, X: Any, y: Any, sample_weight: Any | None = None) -> ElasticNetCV:
         """Choose alpha (and l1_ratio) by cross-validation, then refit on all rows."""
         self._check_params()
-        Xt, yt, sw, y_1d = validate_fit_input(self, X, y, sample_weight)
+        Xt, yt, sw, y_1d, peaks = validate_fit_data(self, X, y, sample_weight)
         if yt.shape[1] != 1:
             raise ValueError(f"For multi-task outputs, use MultiTask{type(self).__name__}")
         if not y_1d:
@@ -190,7 +190,7 @@ class ElasticNetCV(_LinearBase):
                 DataConversionWarning,
                 stacklevel=2,
             )
-        peaks = check_gram_range(self, Xt, yt)
+        peaks = check_gram_range(self, Xt, yt, peaks)
         states = fold_states_in_memory(
             Xt.cpu(),
             yt.cpu(),

@@ -18,6 +18,7 @@ from regtorch._base import (
     check_gram_range,
     check_param,
     data_fingerprint,
+    validate_fit_data,
     validate_fit_input,
     validate_predict_input,
 )
@@ -466,8 +467,8 @@ class ElasticNet(_LinearBase):
     def fit(self, X: Any, y: Any, sample_weight: Any | None = None) -> ElasticNet:
         """Fit the model; returns ``self``."""
         self._check_params()
-        Xt, yt, sw, y_1d = validate_fit_input(self, X, y, sample_weight, device=self.device)
-        check_gram_range(self, Xt, yt)
+        Xt, yt, sw, y_1d, peaks = validate_fit_data(self, X, y, sample_weight, device=self.device)
+        check_gram_range(self, Xt, yt, peaks)
         self._fit_gram(gram_state(Xt, yt, sw, bool(self.fit_intercept)), y_1d)
         return self
 

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from regtorch._base import check_param, validate_fit_input
+from regtorch._base import check_param, validate_fit_data
 from regtorch.linear.estimators import _LinearBase
 from regtorch.linear.solvers import center_and_weight, gram_state
+from regtorch.nn.loop import _num_threads
 
 __all__ = ["RidgeCV", "RidgeCVFit"]
 
@@ -28,7 +29,7 @@ SCORINGS = (None, "neg_mean_squared_error", "r2")
 SELECTION_RULES = ("min", "1se")
 GCV_MODES = (None, "auto", "eigen", "svd")
 # rows per block of the leave-one-out pass (leverages and residuals for every alpha)
-LOO_BLOCK_ROWS = 16_384
+LOO_BLOCK_ROWS = 4_096
 # leave-one-out with n_samples <= n_features eigendecomposes the n x n Gram: bounded here
 GRAM_MAX_ROWS = 20_000
 STREAMED_LOO = (
@@ -96,8 +97,19 @@ def _eig_coefs(
 
 def _ridge_path(G: torch.Tensor, Xty: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
     """``(G + alpha I)^-1 Xty`` for every alpha from one eigendecomposition: (n_alphas, p, k)."""
-    L, V = torch.linalg.eigh(G)
+    L, V = _eigh(G)
     return _eig_coefs(L, V, V.mT @ Xty, alphas)
+
+
+def _eigh(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix; on the CPU through
+    numpy's LAPACK, the thread pool the moments' BLAS calls already use (torch's OpenMP
+    threads and OpenBLAS's spin against each other when they alternate)."""
+    if G.device.type == "cpu":
+        L, V = np.linalg.eigh(G.numpy())
+        return torch.from_numpy(L), torch.from_numpy(V)
+    L, V = torch.linalg.eigh(G)
+    return L, V
 
 
 @dataclass
@@ -127,7 +139,7 @@ def _spectrum(
     n, p = X.shape
     if n > p and mode != "svd":
         gs = gram_state(X, y, sw, fit_intercept)
-        L, V = torch.linalg.eigh(gs.G)
+        L, V = _eigh(gs.G)
         small = bool((gs.X_offset.square() * gs.weight_sum <= gs.G.diagonal()).all())
         return _Spectrum("cov", L, V, V.mT @ gs.Xty, gs.X_offset, gs.y_offset, None, small)
     if n <= p and n > GRAM_MAX_ROWS:
@@ -167,6 +179,10 @@ def _loo_blocks(
     mV = (sp.X_offset @ sp.basis)[None, :]  # (1, p)
     # 1 - leverage for unweighted rows: 1 - 1/W - P^2 D in one GEMM
     base = X.new_full((1, na), 1.0 - (1.0 / weight_sum if fit_intercept else 0.0))
+    if X.device.type == "cpu":  # numpy: one BLAS pool for every GEMM of the pass
+        share = 1.0 / weight_sum if fit_intercept else 0.0
+        yield from _loo_blocks_numpy(X, y, sw, sp, D, BD, mV, share)
+        return
     for i in range(0, n, LOO_BLOCK_ROWS):
         Xb = X[i : i + LOO_BLOCK_ROWS]
         if sp.center_in_gemm:  # (x - m)'V = x'V - m'V: no centred copy of the block
@@ -183,6 +199,43 @@ def _loo_blocks(
         yc = y[i : i + LOO_BLOCK_ROWS] - sp.y_offset  # (r, k)
         e = torch.addmm(yc if k == 1 else yc.repeat(1, na), P, BD, alpha=-1.0)
         yield i, e.reshape(-1, na, k).div_(keep.unsqueeze(2))
+
+
+def _loo_blocks_numpy(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    sw: torch.Tensor | None,
+    sp: _Spectrum,
+    D: torch.Tensor,
+    BD: torch.Tensor,
+    mV: torch.Tensor,
+    share: float,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """:func:`_loo_blocks` on the CPU, each block's products in numpy (the same formulas)."""
+    Xn, yn, V = X.numpy(), y.numpy(), sp.basis.numpy()
+    Dn, BDn, mVn, xo, yo = (
+        D.numpy(),
+        BD.numpy(),
+        mV.numpy(),
+        sp.X_offset.numpy(),
+        sp.y_offset.numpy(),
+    )
+    swn = None if sw is None else sw.numpy()
+    na, k = Dn.shape[1], yn.shape[1]
+    for i in range(0, Xn.shape[0], LOO_BLOCK_ROWS):
+        Xb = Xn[i : i + LOO_BLOCK_ROWS]
+        P = Xb @ V - mVn if sp.center_in_gemm else (Xb - xo) @ V
+        lev = (P * P) @ Dn  # (r, n_alphas)
+        if swn is None:
+            keep = (1.0 - share) - lev  # 1 - 1/W - P^2 D
+        else:
+            lev += share  # the intercept's 1/W
+            keep = 1.0 - lev * swn[i : i + LOO_BLOCK_ROWS, None]
+        yc = yn[i : i + LOO_BLOCK_ROWS] - yo
+        e = (yc if k == 1 else np.tile(yc, (1, na))) - P @ BDn
+        e = e.reshape(-1, na, k)
+        e /= keep[:, :, None]
+        yield i, torch.from_numpy(e)
 
 
 def _loo_gram(
@@ -455,14 +508,23 @@ class RidgeCV(_LinearBase):
         self._check_params()
         alphas = self._alpha_values()
         device = self.device if self.cv is None else "cpu"
-        Xt, yt, sw, y_1d = validate_fit_input(self, X, y, sample_weight, device=device)
+        Xt, yt, sw, y_1d, peaks = validate_fit_data(self, X, y, sample_weight, device=device)
         if self.cv is None:
-            fit = _loo_fit(self, Xt, yt, sw, alphas, y_1d)
+            # one torch thread beside numpy's BLAS pool on the CPU: the pass's GEMMs run in
+            # numpy, and two pools of spinning threads on the same cores slow each other
+            with _num_threads(1 if Xt.device.type == "cpu" else None):
+                fit = _loo_fit(self, Xt, yt, sw, alphas, y_1d)
         else:
             from regtorch.linear.folds import fold_states_in_memory
 
             states = fold_states_in_memory(
-                Xt, yt, sw, self.cv, self.random_state, fit_intercept=bool(self.fit_intercept)
+                Xt,
+                yt,
+                sw,
+                self.cv,
+                self.random_state,
+                fit_intercept=bool(self.fit_intercept),
+                peaks=peaks,
             )
             fit = self._kfold(states, alphas, y_1d)
         self._set_fitted(fit, y_1d)

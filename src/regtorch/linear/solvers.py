@@ -179,19 +179,28 @@ def gram_state(
     # One GEMM per block of [X - xs, y - ys, 1] (rows scaled by sqrt(w)) yields X'X, X'y,
     # y'y, the column sums and the weight total at once.
     m = p + k + 1
-    A = X.new_zeros(m, m)
-    buf = X.new_empty(min(block_rows, n), m)
+    # on the CPU in float64 through numpy, whose BLAS forms blk'blk as a symmetric update
+    np_path = X.device.type == "cpu" and X.dtype == torch.float64
+    xp: Any = np if np_path else torch
+    Xa, ya, xsa, ysa = (t.numpy() for t in (X, y, xs, ys)) if np_path else (X, y, xs, ys)
+    swa = sw.numpy() if np_path and sw is not None else sw
+    A: Any = np.zeros((m, m)) if np_path else X.new_zeros(m, m)
+    buf: Any = np.empty((min(block_rows, n), m)) if np_path else X.new_empty(min(block_rows, n), m)
     for i in range(0, n, block_rows):
         rows = min(block_rows, n - i)
         blk = buf[:rows]
-        torch.sub(X[i : i + rows], xs, out=blk[:, :p])
-        torch.sub(y[i : i + rows], ys, out=blk[:, p : p + k])
-        if sw is not None:
-            blk[:, :-1] *= sw[i : i + rows]
-            blk[:, -1:] = sw[i : i + rows]
+        xp.subtract(Xa[i : i + rows], xsa, out=blk[:, :p])
+        xp.subtract(ya[i : i + rows], ysa, out=blk[:, p : p + k])
+        if swa is not None:
+            blk[:, :-1] *= swa[i : i + rows]
+            blk[:, -1:] = swa[i : i + rows]
         else:
             blk[:, -1] = 1.0
-        A.addmm_(blk.mT, blk)
+        if np_path:
+            A += blk.T @ blk
+        else:
+            A.addmm_(blk.mT, blk)
+    A = torch.from_numpy(A) if np_path else A
     G = A[:p, :p].clone()
     Xty = A[:p, p : p + k].clone()
     yty = A[p : p + k, p : p + k].diagonal().clone()
