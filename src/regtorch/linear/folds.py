@@ -24,7 +24,7 @@ from regtorch.data.split import fold_of
 from regtorch.linear.moments import BatchSource, MomentState
 from regtorch.linear.solvers import GramState
 from regtorch.linear.streamed import _stream_gram
-from regtorch.nn.loop import _num_threads
+from regtorch.nn.loop import _reading_threads
 
 __all__ = ["FoldStates", "cv_states", "fold_states_in_memory"]
 
@@ -198,7 +198,7 @@ def cv_states(
     bar = Progress(total, progress and rank == 0, "cross-validation pass")
     seen = 0
     # one torch thread: pyarrow's decoding threads keep the other cores busy (as streamed fits)
-    with _num_threads(1):
+    with _reading_threads():
         try:
             for b in prefetch(source.batches(missing)):
                 folds = fold_of(b.rows, seed, n_folds, test_fraction)

@@ -17,7 +17,7 @@ import torch
 from regtorch import distributed
 from regtorch._validation import column_peaks
 from regtorch.data.prefetch import Progress, prefetch
-from regtorch.nn.loop import _num_threads
+from regtorch.nn.loop import _reading_threads
 
 __all__ = ["BatchSource", "MomentState"]
 
@@ -188,8 +188,9 @@ def _rows(Z: Any) -> int:
 def _raw_gram(A: Any) -> Any:
     """``A' A`` of a numpy array (BLAS syrk: half a GEMM's work) or a tensor."""
     if isinstance(A, np.ndarray):
-        a = np.ascontiguousarray(A)
-        return a.T @ a  # the same buffer transposed: numpy calls syrk
+        # either memory order: the same buffer transposed is what makes numpy call syrk
+        a = A if A.flags.c_contiguous or A.flags.f_contiguous else np.ascontiguousarray(A)
+        return a.T @ a
     return A.mT @ A
 
 
@@ -278,7 +279,7 @@ def _accumulate(
     total = None if source.n_rows is None else source.n_rows // world
     bar = Progress(total, progress and rank == 0, desc)
     # one torch thread: pyarrow's decoding threads keep the other cores busy (measured faster)
-    with _num_threads(1):
+    with _reading_threads():
         return _accumulate_loop(source, keep, missing, state, bar)
 
 
