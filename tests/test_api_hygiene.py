@@ -13,6 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LinearRegression as SkLinearRegression
 
 import regtorch
+import regtorch.io
 from regtorch import cli, distributed
 from regtorch._base import check_sample_weight
 from regtorch._validation import resolve_device

@@ -352,3 +352,30 @@ def test_update_columns_equals_update_of_the_joined_batch(weighted, shift):
     np.testing.assert_allclose(
         b.C.numpy() * np.outer(s, s), a.C.numpy(), rtol=1e-10, atol=1e-12 * float(a.C.abs().max())
     )
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_in_memory_gram_is_the_moment_state_and_centres_offset_columns(weighted):
+    # in-memory fits accumulate the engine's MomentState; columns whose mean is 20 standard
+    # deviations from zero (below the per-batch re-centring ratio) are formed about the
+    # running mean, so the centred Gram keeps full precision (without the shift about 2.5
+    # digits of it cancel)
+    from regtorch.linear.solvers import gram_state
+
+    rng = np.random.default_rng(7)
+    n = 50_000
+    Xo = rng.normal(size=(n, 3)) + [20.0, -20.0, 0.0]
+    yo = Xo @ [1.0, 2.0, 3.0] + 5.0 + rng.normal(size=n)
+    w = rng.uniform(0.5, 2.0, n) if weighted else None
+    gs = gram_state(
+        torch.from_numpy(Xo),
+        torch.from_numpy(yo[:, None]),
+        None if w is None else torch.from_numpy(w),
+        True,
+        block_rows=4096,
+    )
+    mean, C = _exact_moments(np.column_stack([Xo, yo]), w)
+    np.testing.assert_allclose(gs.X_offset.numpy(), mean[:3], rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(gs.G.numpy(), C[:3, :3], rtol=5e-15, atol=5e-15 * C.max())
+    np.testing.assert_allclose(gs.Xty.numpy()[:, 0], C[:3, 3], rtol=5e-15)
+    assert gs.weight_sum == pytest.approx(n if w is None else w.sum(), rel=1e-15)

@@ -19,7 +19,6 @@ from regtorch._base import (
     check_param,
     data_fingerprint,
     validate_fit_data,
-    validate_fit_input,
     validate_predict_input,
 )
 from regtorch.linear.gradient import _check_not_diverged as _check_not_diverged  # moved there
@@ -192,7 +191,7 @@ class LinearRegression(_LinearBase):
     def fit(self, X: Any, y: Any, sample_weight: Any | None = None) -> LinearRegression:
         """Fit the model; returns ``self``."""
         self._check_params()
-        Xt, yt, sw, y_1d = validate_fit_input(self, X, y, sample_weight, device=self.device)
+        Xt, yt, sw, y_1d, peaks = validate_fit_data(self, X, y, sample_weight, device=self.device)
         alpha = float(self._alpha)
         if self.solver in GRADIENT_SOLVERS:
             coef, xo, yo, hist = _gradient_fit(self, Xt, yt, sw, alpha)
@@ -202,7 +201,13 @@ class LinearRegression(_LinearBase):
             fit.history = hist
         else:
             sol, xo, yo = solve_least_squares(
-                Xt, yt, alpha, self.solver, sample_weight=sw, fit_intercept=self.fit_intercept
+                Xt,
+                yt,
+                alpha,
+                self.solver,
+                sample_weight=sw,
+                fit_intercept=self.fit_intercept,
+                peaks=peaks,
             )
             b = yo - xo @ sol.coef if sol.intercept is None else sol.intercept
             b = b if self.fit_intercept else torch.zeros_like(b)
@@ -469,7 +474,7 @@ class ElasticNet(_LinearBase):
         self._check_params()
         Xt, yt, sw, y_1d, peaks = validate_fit_data(self, X, y, sample_weight, device=self.device)
         check_gram_range(self, Xt, yt, peaks)
-        self._fit_gram(gram_state(Xt, yt, sw, bool(self.fit_intercept)), y_1d)
+        self._fit_gram(gram_state(Xt, yt, sw, bool(self.fit_intercept), top=peaks), y_1d)
         return self
 
     def _fit_gram(

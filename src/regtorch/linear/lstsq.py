@@ -42,6 +42,7 @@ def solve_least_squares(
     *,
     sample_weight: torch.Tensor | None = None,
     fit_intercept: bool = True,
+    peaks: torch.Tensor | None = None,
 ) -> tuple[LinearSolution, torch.Tensor, torch.Tensor]:
     """Least squares (ridge if ``alpha > 0``) of raw ``X, y`` with intercept and weights.
 
@@ -82,7 +83,7 @@ def solve_least_squares(
         if ext.rank < p:
             sol, xo, yo = _min_norm_exactly_centred(X, y, sample_weight, fit_intercept)
     elif solver == "cholesky":
-        state = gram_state(X, y, sample_weight, fit_intercept)
+        state = gram_state(X, y, sample_weight, fit_intercept, top=peaks)
         xo, yo = state.X_offset, state.y_offset
         sol = solve_cholesky(X, y, alpha, state=state, sample_weight=sample_weight)
         if sol.solver != "cholesky":

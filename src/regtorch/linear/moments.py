@@ -40,6 +40,11 @@ class BatchSource(Protocol):
 
 # centre a batch explicitly when a column's squared mean exceeds its variance this many times
 CANCELLATION_RATIO = 1e3
+# form a batch's Gram about the means so far when a squared mean exceeds the variance this
+# many times (at most about one digit of the centred Gram is lost below it); the first
+# batch judges from its first PILOT_ROWS rows
+SHIFT_RATIO = 16.0
+PILOT_ROWS = 256
 
 # |values| within 2**-400..2**400: their products and sums of a batch's products stay
 # normal floats, so a power-of-two scaling may be applied after them
@@ -102,10 +107,10 @@ class MomentState:
             self._add(Z, w, top)
 
     def update_columns(
-        self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None, top: torch.Tensor
+        self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None, top: torch.Tensor | None = None
     ) -> None:
         """:meth:`update` with ``Z = [X, y]`` given as its two float64 column blocks (no
-        concatenated copy while the Gram can be formed unscaled) and the peaks ``top``."""
+        concatenated copy while the Gram can be formed unscaled) and optional peaks ``top``."""
         if w is not None:
             wt = _check_weights(torch.from_numpy(w), X.shape[0])
             keep = (wt > 0).numpy()
@@ -120,14 +125,36 @@ class MomentState:
         blocks, or a tensor on any device; weights positive and checked)."""
         cpu = not isinstance(Z, torch.Tensor)
         if top is None:
-            top = torch.from_numpy(np.maximum(Z.max(0), -Z.min(0))) if cpu else column_peaks(Z)
+            top = torch.from_numpy(_peaks(Z)) if cpu else column_peaks(Z)
         s = _pow2_scale(top)
         log_w = 0.0 if w is None else float(torch.as_tensor(w).log().sum())
         rows = int(_rows(Z))
-        n, mb, C = _batch_moments(Z, w, s.numpy() if cpu else s, _products_in_range(top))
+        shift = self._shift(Z, cpu)
+        sx = s.numpy() if cpu else s
+        if shift is None:
+            n, mb, C = _batch_moments(Z, w, sx, _products_in_range(top))
+        else:  # the moments of the shifted batch (|values| at most doubled), mean moved back
+            Zc = (np.hstack(Z) if isinstance(Z, tuple) else Z) - shift
+            n, mb, C = _batch_moments(Zc, w, sx, _products_in_range(2 * top))
+            mb = mb + shift * sx
         if cpu:
             mb, C = torch.from_numpy(mb), torch.from_numpy(C)
         self.merge(MomentState(n, mb, C, s, rows, log_w))
+
+    def _shift(self, Z: Any, cpu: bool) -> Any:
+        """A shift (data units) for a batch whose columns' means dwarf their spread, judged
+        from the moments so far (or the batch's first rows): forming the Gram about it
+        keeps the centring from cancelling digits, at the cost of one copy of the batch."""
+        if self.mean is not None and self.C is not None and self.scale is not None:
+            mean, var = self.mean, self.C.diagonal() / self.n
+            if not bool((mean * mean > SHIFT_RATIO * var).any()):
+                return None
+            shift = self.mean / self.scale
+            return shift.cpu().numpy() if cpu else shift.to(Z.device)
+        head = np.hstack([a[:PILOT_ROWS] for a in Z]) if isinstance(Z, tuple) else Z[:PILOT_ROWS]
+        mean = head.mean(0)
+        var = ((head - mean) ** 2).mean(0)
+        return mean if bool((mean * mean > SHIFT_RATIO * var).any()) else None
 
     def _at(self, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, C)`` expressed with the (smaller, power-of-two) ``scale``."""
@@ -179,6 +206,13 @@ class MomentState:
         for t in distributed.all_gather(self.to_tensor(m)):
             total.merge(MomentState.from_tensor(t, m))
         return total
+
+
+def _peaks(Z: Any) -> np.ndarray:
+    """``max |value|`` per column of a numpy array or a pair of column blocks."""
+    if isinstance(Z, tuple):
+        return np.concatenate([_peaks(a) for a in Z])
+    return np.maximum(Z.max(0), -Z.min(0))
 
 
 def _rows(Z: Any) -> int:

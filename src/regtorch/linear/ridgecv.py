@@ -133,12 +133,17 @@ class _Spectrum:
 
 
 def _spectrum(
-    X: torch.Tensor, y: torch.Tensor, sw: torch.Tensor | None, fit_intercept: bool, mode: Any
+    X: torch.Tensor,
+    y: torch.Tensor,
+    sw: torch.Tensor | None,
+    fit_intercept: bool,
+    mode: Any,
+    peaks: torch.Tensor | None = None,
 ) -> _Spectrum:
     """The decomposition scikit-learn's _RidgeGCV uses: of the p x p Gram when n > p, else n x n."""
     n, p = X.shape
     if n > p and mode != "svd":
-        gs = gram_state(X, y, sw, fit_intercept)
+        gs = gram_state(X, y, sw, fit_intercept, top=peaks)
         L, V = _eigh(gs.G)
         small = bool((gs.X_offset.square() * gs.weight_sum <= gs.G.diagonal()).all())
         return _Spectrum("cov", L, V, V.mT @ gs.Xty, gs.X_offset, gs.y_offset, None, small)
@@ -288,6 +293,7 @@ def _loo_fit(
     sw: torch.Tensor | None,
     alphas_np: np.ndarray,
     y_1d: bool,
+    peaks: torch.Tensor | None = None,
 ) -> RidgeCVFit:
     """Efficient exact leave-one-out for every alpha, then the choice of alpha."""
     n, k = X.shape[0], y.shape[1]
@@ -295,7 +301,7 @@ def _loo_fit(
         raise ValueError(f"RidgeCV(cv=None) needs at least 2 samples, got {n} sample.")
     fi, scoring, per_target = bool(est.fit_intercept), est.scoring, bool(est.alpha_per_target)
     alphas = torch.as_tensor(alphas_np, dtype=X.dtype, device=X.device)
-    sp = _spectrum(X, y, sw, fi, est.gcv_mode)
+    sp = _spectrum(X, y, sw, fi, est.gcv_mode, peaks)
     W = float(n if sw is None else sw.sum())
     c = _score_scale(y, sw, scoring)
     c0 = 1.0 if scoring == "r2" else 0.0
@@ -513,7 +519,7 @@ class RidgeCV(_LinearBase):
             # one torch thread beside numpy's BLAS pool on the CPU: the pass's GEMMs run in
             # numpy, and two pools of spinning threads on the same cores slow each other
             with _num_threads(1 if Xt.device.type == "cpu" else None):
-                fit = _loo_fit(self, Xt, yt, sw, alphas, y_1d)
+                fit = _loo_fit(self, Xt, yt, sw, alphas, y_1d, peaks)
         else:
             from regtorch.linear.folds import fold_states_in_memory
 

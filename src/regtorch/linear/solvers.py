@@ -162,65 +162,61 @@ def gram_state(
     y: torch.Tensor,
     sample_weight: torch.Tensor | None,
     fit_intercept: bool,
-    block_rows: int = 8192,
+    block_rows: int = 16_384,
+    top: torch.Tensor | None = None,
 ) -> GramState:
-    """One blockwise pass: the Gram of the data shifted by a pilot mean, then centred.
+    """One blockwise pass: the engine's mergeable moments of ``[X, y]``, as a GramState.
 
-    Shifting by the mean of the first rows keeps the final centring correction
-    ``W m m'`` tiny (no catastrophic cancellation) without a separate pass for the means;
-    blocks of a few thousand rows stay in cache, so the pass costs about as much as X'X.
+    The same :class:`~regtorch.linear.moments.MomentState` streamed and distributed fits
+    accumulate (power-of-two column scaling, Chan et al.'s merge, blocks centred where a
+    mean dwarfs its spread), read from the arrays in memory; blocks of a few thousand rows
+    stay in cache, so the pass costs about as much as X'X. ``top`` (optional, ``(p + k,)``):
+    the largest magnitude of each column of ``[X, y]``, which spares finding it per block.
     """
+    from regtorch.linear.moments import MomentState
+
     n, p = X.shape
-    k = y.shape[1]
-    pilot = min(n, 1024)
-    xs = X[:pilot].mean(0) if fit_intercept else X.new_zeros(p)
-    ys = y[:pilot].mean(0) if fit_intercept else y.new_zeros(k)
-    sw = None if sample_weight is None else sample_weight.reshape(-1, 1).to(X.dtype).sqrt()
-    # One GEMM per block of [X - xs, y - ys, 1] (rows scaled by sqrt(w)) yields X'X, X'y,
-    # y'y, the column sums and the weight total at once.
-    m = p + k + 1
-    # on the CPU in float64 through numpy, whose BLAS forms blk'blk as a symmetric update
-    np_path = X.device.type == "cpu" and X.dtype == torch.float64
-    xp: Any = np if np_path else torch
-    Xa, ya, xsa, ysa = (t.numpy() for t in (X, y, xs, ys)) if np_path else (X, y, xs, ys)
-    swa = sw.numpy() if np_path and sw is not None else sw
-    A: Any = np.zeros((m, m)) if np_path else X.new_zeros(m, m)
-    buf: Any = np.empty((min(block_rows, n), m)) if np_path else X.new_empty(min(block_rows, n), m)
+    state = MomentState()
+    on_cpu = X.device.type == "cpu" and X.dtype == torch.float64
+    w = None if sample_weight is None else sample_weight.reshape(-1).to(X.dtype)
     for i in range(0, n, block_rows):
-        rows = min(block_rows, n - i)
-        blk = buf[:rows]
-        xp.subtract(Xa[i : i + rows], xsa, out=blk[:, :p])
-        xp.subtract(ya[i : i + rows], ysa, out=blk[:, p : p + k])
-        if swa is not None:
-            blk[:, :-1] *= swa[i : i + rows]
-            blk[:, -1:] = swa[i : i + rows]
+        Xb, yb = X[i : i + block_rows], y[i : i + block_rows]
+        wb = None if w is None else w[i : i + block_rows]
+        if on_cpu:  # column blocks as numpy views: no joined copy of the rows
+            state.update_columns(Xb.numpy(), yb.numpy(), None if wb is None else wb.numpy(), top)
         else:
-            blk[:, -1] = 1.0
-        if np_path:
-            A += blk.T @ blk
-        else:
-            A.addmm_(blk.mT, blk)
-    A = torch.from_numpy(A) if np_path else A
-    G = A[:p, :p].clone()
-    Xty = A[:p, p : p + k].clone()
-    yty = A[p : p + k, p : p + k].diagonal().clone()
-    sx, sy = A[:p, -1], A[p : p + k, -1]
-    W = float(A[-1, -1])
-    if fit_intercept and W > 0:
-        mx, my = sx / W, sy / W
-        raw = G.diagonal().clone()
-        G -= W * torch.outer(mx, mx)
-        Xty -= W * torch.outer(mx, my)
-        yty -= W * my.square()
-        # A constant column centres to zero; the correction leaves round-off there, which
-        # column scaling would blow up. Zero it exactly, so it is seen as rank deficient.
-        const = G.diagonal() <= raw * (max(n, 1) * torch.finfo(G.dtype).eps)
+            state.update(torch.cat([Xb, yb], 1), wb, None if top is None else top.to(X.device))
+    return gram_of_moments(state, fit_intercept, p, X.new_zeros(p), y.new_zeros(y.shape[1]))
+
+
+def gram_of_moments(
+    state: Any, fit_intercept: bool, p: int, x_zero: torch.Tensor, y_zero: torch.Tensor
+) -> GramState:
+    """A :class:`MomentState` of ``[X, y]`` (``p`` features) in data units, centred iff
+    ``fit_intercept`` (else raw). ``x_zero``/``y_zero``: zero offsets (their device and
+    dtype) for a state without rows. A column that is constant up to rounding gets an
+    exactly zero row and column, so the solvers see it as rank deficient."""
+    if state.mean is None or state.n <= 0:
+        k = y_zero.shape[0]
+        return GramState(
+            x_zero.new_zeros(p, p), x_zero.new_zeros(p, k), y_zero.clone(), x_zero, y_zero, 0.0
+        )
+    scale, W = state.scale, float(state.n)
+    outer = torch.outer(scale, scale)
+    C, mean = state.C / outer, state.mean / scale  # data units (inf where they overflow)
+    raw = C.diagonal() + W * mean.square()
+    if not fit_intercept:
+        C = C + W * torch.outer(mean, mean)
+        mean = torch.zeros_like(mean)
+    G, Xty, yty = C[:p, :p].clone(), C[:p, p:].clone(), C[p:, p:].diagonal().clone()
+    if fit_intercept:
+        const = G.diagonal() <= raw[:p] * (max(state.rows, 1) * torch.finfo(G.dtype).eps)
         if bool(const.any()):
             G[const, :] = 0.0
             G[:, const] = 0.0
             Xty[const, :] = 0.0
-        return GramState(G, Xty, yty, xs + mx, ys + my, W)
-    return GramState(G, Xty, yty, xs, ys, W)
+    dev = x_zero.device
+    return GramState(G.to(dev), Xty.to(dev), yty.to(dev), mean[:p].to(dev), mean[p:].to(dev), W)
 
 
 def solve_cholesky(
