@@ -178,32 +178,39 @@ def check_gram_range(
     return torch.cat(peaks) if len(peaks) == 2 else torch.zeros(X.shape[1] + y.shape[1])
 
 
-def data_fingerprint(X: Any, y: Any, sample_weight: Any | None) -> np.ndarray:
+def data_fingerprint(
+    X: Any, y: Any, sample_weight: Any | None, peaks: Any | None = None
+) -> np.ndarray:
     """Small summary of a weighted data set: count, weight, moments of [X, y] and X*y.
 
-    Computed on columns scaled by powers of two (no overflow); two fits on the same data
-    give the same fingerprint up to rounding.
+    Computed on columns scaled by powers of two (no overflow), in blocks of rows (no
+    temporary the size of the data); two fits on the same data give the same fingerprint
+    up to rounding. ``peaks``: the largest magnitude of each column of ``[X, y]``, if known.
     """
     Xn = np.asarray(to_numpy_input(X), dtype=np.float64)
     yn = np.asarray(to_numpy_input(y), dtype=np.float64).reshape(len(Xn), -1)
     w = (
-        np.ones(len(Xn))
+        None
         if sample_weight is None
         else np.asarray(to_numpy_input(sample_weight), dtype=np.float64).reshape(-1)
     )
-    Z = np.hstack([Xn, yn])
-    top = np.abs(Z).max(0) if len(Z) else np.zeros(Z.shape[1])
+    p, t = Xn.shape[1], yn.shape[1]
+    top = (
+        np.concatenate([_abs_peaks(Xn), _abs_peaks(yn)])
+        if peaks is None
+        else np.asarray(to_numpy_input(peaks), dtype=np.float64)
+    )
     _, e = np.frexp(np.where(top > 0, top, 1.0))
-    Zs = Z * np.ldexp(1.0, -e)
-    W = float(w.sum())
-    p = Xn.shape[1]
-    parts = [
-        [float(len(Xn)), W],
-        e.astype(np.float64),
-        w @ Zs / W,
-        w @ np.square(Zs) / W,
-        ((w[:, None] * Zs[:, :p]).T @ Zs[:, p:]).ravel() / W,
-    ]
+    s = np.ldexp(1.0, -e)
+    first, second, cross = np.zeros(p + t), np.zeros(p + t), np.zeros((p, t))
+    for i in range(0, len(Xn), _PEAK_BLOCK_ROWS):
+        Zs = np.hstack([Xn[i : i + _PEAK_BLOCK_ROWS], yn[i : i + _PEAK_BLOCK_ROWS]]) * s
+        wb = np.ones(len(Zs)) if w is None else w[i : i + _PEAK_BLOCK_ROWS]
+        first += wb @ Zs
+        second += wb @ np.square(Zs)
+        cross += (wb[:, None] * Zs[:, :p]).T @ Zs[:, p:]
+    W = float(len(Xn)) if w is None else float(w.sum())
+    parts = [[float(len(Xn)), W], e.astype(np.float64), first / W, second / W, cross.ravel() / W]
     return np.concatenate([np.ravel(q) for q in parts])
 
 

@@ -216,7 +216,7 @@ class LinearRegression(_LinearBase):
             else:
                 info = _fit_info(Xt, yt, sw, sol.coef, xo, yo, self.fit_intercept, sol.state)
             fit = LinearFit(sol.coef, b, sol.rank, sol.solver, info, sol.R, sol.bse_unit)
-        fit.info["fingerprint"] = data_fingerprint(Xt, yt, sw)
+        fit.info["fingerprint"] = data_fingerprint(Xt, yt, sw, peaks)
         self._set_fitted(fit, y_1d)
         return self
 
