@@ -339,8 +339,9 @@ def test_a_target_whose_squares_overflow_is_refused_by_name():
         LassoCV(cv=3).fit(X, y)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_one_pass_fold_moments_equal_each_folds_own_rows(weighted, monkeypatch):
+def test_one_pass_fold_moments_equal_each_folds_own_rows(weighted, threads, monkeypatch):
     # the one-pass gather (blocks of rows sorted by fold) gives each fold the moments of
     # exactly its rows: checked against each fold's rows taken directly, with rows in no
     # test set ("rest"), blocks smaller than the data and zero weights
@@ -348,6 +349,8 @@ def test_one_pass_fold_moments_equal_each_folds_own_rows(weighted, monkeypatch):
     from regtorch.linear.moments import MomentState
 
     monkeypatch.setattr(folds_mod, "FOLD_BLOCK_ROWS", 37)
+    # two threads (two halves of the rows, merged in order) from any size
+    monkeypatch.setattr(folds_mod, "PARALLEL_FOLD_SIZE", 0 if threads == 2 else 10**12)
     rng = np.random.default_rng(5)
     perm = rng.permutation(N)
     tests = [np.sort(perm[:90]), np.sort(perm[90:200]), np.sort(perm[200:330])]

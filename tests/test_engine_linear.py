@@ -379,3 +379,20 @@ def test_in_memory_gram_is_the_moment_state_and_centres_offset_columns(weighted)
     np.testing.assert_allclose(gs.G.numpy(), C[:3, :3], rtol=5e-15, atol=5e-15 * C.max())
     np.testing.assert_allclose(gs.Xty.numpy()[:, 0], C[:3, 3], rtol=5e-15)
     assert gs.weight_sum == pytest.approx(n if w is None else w.sum(), rel=1e-15)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gram_state_on_two_threads_equals_one(weighted, monkeypatch):
+    import regtorch.linear.solvers as solvers
+
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(Y[:, None])
+    w = torch.from_numpy(W) if weighted else None
+    one = solvers.gram_state(Xt, yt, w, True, block_rows=64)
+    monkeypatch.setattr(solvers, "PARALLEL_GRAM_SIZE", 0)  # two halves from any size
+    two = solvers.gram_state(Xt, yt, w, True, block_rows=64)
+    for a, b in [(one.G, two.G), (one.Xty, two.Xty), (one.yty, two.yty)]:
+        np.testing.assert_allclose(
+            b.numpy(), a.numpy(), rtol=1e-12, atol=1e-12 * float(a.abs().max())
+        )
+    np.testing.assert_allclose(two.X_offset.numpy(), one.X_offset.numpy(), rtol=1e-14)
+    assert two.weight_sum == pytest.approx(one.weight_sum, rel=1e-15)

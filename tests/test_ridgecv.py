@@ -382,3 +382,25 @@ def test_1se_per_target_and_r2(multi):
     terms = (1 - len(Y) * sq / sst[None, :, None]).mean(1)
     r2 = RidgeCV(ALPHAS, scoring="r2", selection_rule="1se").fit(X, Y)
     assert r2.alpha_ == _one_se(terms.mean(0), terms.std(0, ddof=1) / np.sqrt(len(Y)), ALPHAS)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_leave_one_out_on_two_threads_equals_one(weighted, monkeypatch):
+    # the blocks of the leverage pass computed on two threads, handed on in row order
+    import regtorch.linear.ridgecv as ridgecv_mod
+
+    rng = np.random.default_rng(11)
+    Xd = rng.normal(size=(300, 4)) + 3.0
+    yd = Xd @ [1.0, -2.0, 0.5, 0.0] + rng.normal(size=300)
+    sw = rng.uniform(0.5, 2.0, 300) if weighted else None
+    monkeypatch.setattr(ridgecv_mod, "LOO_BLOCK_ROWS", 17)
+    kw = {"alphas": np.logspace(-2, 2, 7), "store_cv_results": True}
+    one = ridgecv_mod.RidgeCV(**kw).fit(Xd, yd, sample_weight=sw)
+    monkeypatch.setattr(ridgecv_mod, "PARALLEL_LOO_SIZE", 0)
+    two = ridgecv_mod.RidgeCV(**kw).fit(Xd, yd, sample_weight=sw)
+    assert two.alpha_ == one.alpha_
+    np.testing.assert_allclose(two.cv_results_, one.cv_results_, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(two.coef_, one.coef_, rtol=1e-13)
+    sk = SkRidgeCV(**kw).fit(Xd, yd, sample_weight=sw)
+    assert two.alpha_ == sk.alpha_
+    np.testing.assert_allclose(two.cv_results_, sk.cv_results_, rtol=1e-8)

@@ -22,6 +22,7 @@ from regtorch._base import check_gram_range, check_param, validate_fit_data
 from regtorch.linear.estimators import _LinearBase
 from regtorch.linear.folds import FoldStates, cv_states, fold_states_in_memory
 from regtorch.linear.moments import BatchSource
+from regtorch.nn.loop import _num_threads
 
 __all__ = [
     "ElasticNetCV",
@@ -191,16 +192,19 @@ class ElasticNetCV(_LinearBase):
                 stacklevel=2,
             )
         peaks = check_gram_range(self, Xt, yt, peaks)
-        states = fold_states_in_memory(
-            Xt.cpu(),
-            yt.cpu(),
-            sw,
-            self.cv,
-            self.random_state,
-            fit_intercept=bool(self.fit_intercept),
-            peaks=peaks,
-        )
-        self._fit_folds(states, None)
+        # one torch thread: the pass runs in numpy's BLAS, the paths are small torch ops,
+        # and torch's OpenMP threads would spin against OpenBLAS's (4 ms per tiny matmul)
+        with _num_threads(1):
+            states = fold_states_in_memory(
+                Xt.cpu(),
+                yt.cpu(),
+                sw,
+                self.cv,
+                self.random_state,
+                fit_intercept=bool(self.fit_intercept),
+                peaks=peaks,
+            )
+            self._fit_folds(states, None)
         return self
 
     def _grids(self, c: torch.Tensor) -> np.ndarray:

@@ -9,6 +9,7 @@ and the held-out error of any coefficient vector comes exactly from the fold's o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ __all__ = ["FoldStates", "cv_states", "fold_states_in_memory"]
 MEMORY_BLOCK_ROWS = 65_536
 # rows gathered at once by the one-pass fold moments (a buffer of a few MB, in cache)
 FOLD_BLOCK_ROWS = 65_536
+# values of X from which the fold pass runs in two halves on two threads
+PARALLEL_FOLD_SIZE = 4_000_000
 
 
 @dataclass
@@ -243,18 +246,46 @@ def _states_by_label(
 
     Each block of consecutive rows is gathered in label order into one buffer (it stays in
     cache), so every label's rows of the block are one contiguous slice: the data are read
-    once, and each slice's Gram is one symmetric BLAS update.
+    once, and each slice's Gram is one symmetric BLAS update. Large arrays go in two halves
+    on two threads (single-threaded BLAS in each), merged first half first: the result does
+    not depend on the threads' timing.
     """
-    n, p = X.shape
-    t = y.shape[1]
-    states = [MomentState() for _ in range(S)]
+    n = X.shape[0]
     Xn, yn = X.numpy(), y.numpy()
     wn = None if w is None else w.numpy()
     lab = label.astype(np.int16 if S < 2**15 else np.int64, copy=False)
-    xbuf = np.empty((min(FOLD_BLOCK_ROWS, n), p))
-    ybuf = np.empty((min(FOLD_BLOCK_ROWS, n), t))
-    for i in range(0, n, FOLD_BLOCK_ROWS):
-        r = min(FOLD_BLOCK_ROWS, n - i)
+    args = (Xn, yn, wn, lab, S, top)
+    if Xn.size < PARALLEL_FOLD_SIZE or (os.cpu_count() or 1) < 2:
+        return _label_states(*args, 0, n)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    half = (n // 2 // FOLD_BLOCK_ROWS + 1) * FOLD_BLOCK_ROWS
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(lambda r: _label_states(*args, *r), ((0, half), (half, n)))
+    for state, other in zip(first, second, strict=True):
+        state.merge(other)
+    return first
+
+
+def _label_states(
+    Xn: np.ndarray,
+    yn: np.ndarray,
+    wn: np.ndarray | None,
+    lab: np.ndarray,
+    S: int,
+    top: torch.Tensor,
+    start: int,
+    stop: int,
+) -> list[MomentState]:
+    """:func:`_states_by_label` of rows ``start:stop``."""
+    p, t = Xn.shape[1], yn.shape[1]
+    states = [MomentState() for _ in range(S)]
+    xbuf = np.empty((min(FOLD_BLOCK_ROWS, max(stop - start, 0)), p))
+    ybuf = np.empty((min(FOLD_BLOCK_ROWS, max(stop - start, 0)), t))
+    for i in range(start, stop, FOLD_BLOCK_ROWS):
+        r = min(FOLD_BLOCK_ROWS, stop - i)
         order = np.argsort(lab[i : i + r], kind="stable")
         bounds = np.concatenate(([0], np.cumsum(np.bincount(lab[i : i + r], minlength=S))))
         Xb = np.take(Xn[i : i + r], order, axis=0, out=xbuf[:r], mode="clip")

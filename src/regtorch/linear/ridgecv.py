@@ -10,7 +10,9 @@ exactly from the held-out fold's moments; it streams as well.
 
 from __future__ import annotations
 
+import collections
 import numbers
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,8 @@ SELECTION_RULES = ("min", "1se")
 GCV_MODES = (None, "auto", "eigen", "svd")
 # rows per block of the leave-one-out pass (leverages and residuals for every alpha)
 LOO_BLOCK_ROWS = 4_096
+# values of X from which the leave-one-out pass computes its blocks on two threads
+PARALLEL_LOO_SIZE = 4_000_000
 # leave-one-out with n_samples <= n_features eigendecomposes the n x n Gram: bounded here
 GRAM_MAX_ROWS = 20_000
 STREAMED_LOO = (
@@ -227,7 +231,8 @@ def _loo_blocks_numpy(
     )
     swn = None if sw is None else sw.numpy()
     na, k = Dn.shape[1], yn.shape[1]
-    for i in range(0, Xn.shape[0], LOO_BLOCK_ROWS):
+
+    def block(i: int) -> tuple[int, torch.Tensor]:
         Xb = Xn[i : i + LOO_BLOCK_ROWS]
         P = Xb @ V - mVn if sp.center_in_gemm else (Xb - xo) @ V
         lev = (P * P) @ Dn  # (r, n_alphas)
@@ -240,7 +245,25 @@ def _loo_blocks_numpy(
         e = (yc if k == 1 else np.tile(yc, (1, na))) - P @ BDn
         e = e.reshape(-1, na, k)
         e /= keep[:, :, None]
-        yield i, torch.from_numpy(e)
+        return i, torch.from_numpy(e)
+
+    starts = range(0, Xn.shape[0], LOO_BLOCK_ROWS)
+    if Xn.size < PARALLEL_LOO_SIZE or (os.cpu_count() or 1) < 2:
+        yield from map(block, starts)
+        return
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    # blocks computed on two threads (single-threaded BLAS each), handed on in row order
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(2) as pool:
+        pending: collections.deque[Future[tuple[int, torch.Tensor]]] = collections.deque()
+        for i in starts:
+            pending.append(pool.submit(block, i))
+            if len(pending) >= 4:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _loo_gram(
@@ -523,16 +546,17 @@ class RidgeCV(_LinearBase):
         else:
             from regtorch.linear.folds import fold_states_in_memory
 
-            states = fold_states_in_memory(
-                Xt,
-                yt,
-                sw,
-                self.cv,
-                self.random_state,
-                fit_intercept=bool(self.fit_intercept),
-                peaks=peaks,
-            )
-            fit = self._kfold(states, alphas, y_1d)
+            with _num_threads(1):  # as in LassoCV: numpy's BLAS pass, then small torch ops
+                states = fold_states_in_memory(
+                    Xt,
+                    yt,
+                    sw,
+                    self.cv,
+                    self.random_state,
+                    fit_intercept=bool(self.fit_intercept),
+                    peaks=peaks,
+                )
+                fit = self._kfold(states, alphas, y_1d)
         self._set_fitted(fit, y_1d)
         return self
 

@@ -8,6 +8,7 @@ is fitted. Closed forms run in the dtype they are given (the estimators pass flo
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,8 @@ __all__ = [
 # Cholesky on the scaled Gram is trusted up to this condition number of the Gram
 # (the design's is its square root); above it the solvers fall back to QR.
 GRAM_COND_LIMIT = 1e10
+# values of X from which gram_state reads its two halves on two threads
+PARALLEL_GRAM_SIZE = 4_000_000
 # Above this condition number of the scaled Gram, the factor kept for standard errors gets a
 # second CholeskyQR pass (its error grows with cond(Gram) * eps otherwise).
 REORTH_COND = 1e3
@@ -176,16 +179,32 @@ def gram_state(
     from regtorch.linear.moments import MomentState
 
     n, p = X.shape
-    state = MomentState()
     on_cpu = X.device.type == "cpu" and X.dtype == torch.float64
     w = None if sample_weight is None else sample_weight.reshape(-1).to(X.dtype)
-    for i in range(0, n, block_rows):
-        Xb, yb = X[i : i + block_rows], y[i : i + block_rows]
-        wb = None if w is None else w[i : i + block_rows]
-        if on_cpu:  # column blocks as numpy views: no joined copy of the rows
-            state.update_columns(Xb.numpy(), yb.numpy(), None if wb is None else wb.numpy(), top)
-        else:
-            state.update(torch.cat([Xb, yb], 1), wb, None if top is None else top.to(X.device))
+
+    def rows(start: int, stop: int) -> MomentState:
+        state = MomentState()
+        for i in range(start, stop, block_rows):
+            j = min(i + block_rows, stop)
+            Xb, yb, wb = X[i:j], y[i:j], None if w is None else w[i:j]
+            if on_cpu:  # column blocks as numpy views: no joined copy of the rows
+                wn = None if wb is None else wb.numpy()
+                state.update_columns(Xb.numpy(), yb.numpy(), wn, top)
+            else:
+                state.update(torch.cat([Xb, yb], 1), wb, None if top is None else top.to(X.device))
+        return state
+
+    if not on_cpu or X.numel() < PARALLEL_GRAM_SIZE or (os.cpu_count() or 1) < 2:
+        state = rows(0, n)
+    else:  # two halves on two threads (single-threaded BLAS each), merged in row order
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        half = (n // 2 // block_rows + 1) * block_rows
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(2) as pool:
+            state, second = pool.map(lambda r: rows(*r), ((0, half), (half, n)))
+        state.merge(second)
     return gram_of_moments(state, fit_intercept, p, X.new_zeros(p), y.new_zeros(y.shape[1]))
 
 
