@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import numbers
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,9 +67,17 @@ class _Running:
     mean: torch.Tensor | None = None
     m2: torch.Tensor | None = None
 
+    @staticmethod
+    def stats(v: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """A block's count, mean and centred sum of squares (to :meth:`add` later)."""
+        mb = v.mean(0)
+        return v.shape[0], mb, (v - mb).square().sum(0)
+
     def update(self, v: torch.Tensor) -> None:
-        nb, mb = v.shape[0], v.mean(0)
-        m2b = (v - mb).square().sum(0)
+        self.add(*self.stats(v))
+
+    def add(self, nb: int, mb: torch.Tensor, m2b: torch.Tensor) -> None:
+        """Merge a block's :meth:`stats`."""
         if self.mean is None or self.m2 is None:
             self.n, self.mean, self.m2 = nb, mb, m2b
             return
@@ -175,12 +183,14 @@ def _loo_blocks(
     alphas: torch.Tensor,
     fit_intercept: bool,
     weight_sum: float,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Per block of rows: its start and leave-one-out errors ``(r, n_alphas, k)`` (data units)."""
+    per_block: Callable[[int, torch.Tensor], Any],
+) -> Iterator[Any]:
+    """Per block of rows, in row order: ``per_block(start, e)`` of its leave-one-out errors
+    ``e (r, n_alphas, k)`` (data units); on the CPU it runs in the worker threads too."""
     n, p = X.shape
     na, k = alphas.shape[0], y.shape[1]
     if sp.kind == "gram":
-        yield 0, _loo_gram(X, y, sw, sp, alphas, fit_intercept, weight_sum)
+        yield per_block(0, _loo_gram(X, y, sw, sp, alphas, fit_intercept, weight_sum))
         return
     # residual / (1 - leverage), leverage = w_i/W + w_i P_i' diag(1 / (L + alpha)) P_i
     D = 1.0 / (sp.L[:, None] + alphas[None, :])  # (p, n_alphas)
@@ -190,7 +200,7 @@ def _loo_blocks(
     base = X.new_full((1, na), 1.0 - (1.0 / weight_sum if fit_intercept else 0.0))
     if X.device.type == "cpu":  # numpy: one BLAS pool for every GEMM of the pass
         share = 1.0 / weight_sum if fit_intercept else 0.0
-        yield from _loo_blocks_numpy(X, y, sw, sp, D, BD, mV, share)
+        yield from _loo_blocks_numpy(X, y, sw, sp, D, BD, mV, share, per_block)
         return
     for i in range(0, n, LOO_BLOCK_ROWS):
         Xb = X[i : i + LOO_BLOCK_ROWS]
@@ -207,7 +217,7 @@ def _loo_blocks(
             keep = lev.mul_(sw[i : i + LOO_BLOCK_ROWS, None]).neg_().add_(1.0)
         yc = y[i : i + LOO_BLOCK_ROWS] - sp.y_offset  # (r, k)
         e = torch.addmm(yc if k == 1 else yc.repeat(1, na), P, BD, alpha=-1.0)
-        yield i, e.reshape(-1, na, k).div_(keep.unsqueeze(2))
+        yield per_block(i, e.reshape(-1, na, k).div_(keep.unsqueeze(2)))
 
 
 def _loo_blocks_numpy(
@@ -219,7 +229,8 @@ def _loo_blocks_numpy(
     BD: torch.Tensor,
     mV: torch.Tensor,
     share: float,
-) -> Iterator[tuple[int, torch.Tensor]]:
+    per_block: Callable[[int, torch.Tensor], Any],
+) -> Iterator[Any]:
     """:func:`_loo_blocks` on the CPU, each block's products in numpy (the same formulas)."""
     Xn, yn, V = X.numpy(), y.numpy(), sp.basis.numpy()
     Dn, BDn, mVn, xo, yo = (
@@ -232,7 +243,7 @@ def _loo_blocks_numpy(
     swn = None if sw is None else sw.numpy()
     na, k = Dn.shape[1], yn.shape[1]
 
-    def block(i: int) -> tuple[int, torch.Tensor]:
+    def block(i: int) -> Any:
         Xb = Xn[i : i + LOO_BLOCK_ROWS]
         P = Xb @ V - mVn if sp.center_in_gemm else (Xb - xo) @ V
         lev = (P * P) @ Dn  # (r, n_alphas)
@@ -245,7 +256,7 @@ def _loo_blocks_numpy(
         e = (yc if k == 1 else np.tile(yc, (1, na))) - P @ BDn
         e = e.reshape(-1, na, k)
         e /= keep[:, :, None]
-        return i, torch.from_numpy(e)
+        return per_block(i, torch.from_numpy(e))
 
     starts = range(0, Xn.shape[0], LOO_BLOCK_ROWS)
     if Xn.size < PARALLEL_LOO_SIZE or (os.cpu_count() or 1) < 2:
@@ -257,7 +268,7 @@ def _loo_blocks_numpy(
 
     # blocks computed on two threads (single-threaded BLAS each), handed on in row order
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(2) as pool:
-        pending: collections.deque[Future[tuple[int, torch.Tensor]]] = collections.deque()
+        pending: collections.deque[Future[Any]] = collections.deque()
         for i in starts:
             pending.append(pool.submit(block, i))
             if len(pending) >= 4:
@@ -335,18 +346,27 @@ def _loo_fit(
     term_rows = _Running() if per_target or scoring == "r2" else None
     store = est.store_cv_results
     results = y.new_empty(n, k, alphas.shape[0]) if store else None
-    for i, e in _loo_blocks(X, y, sw, sp, alphas, fi, W):
+
+    def per_block(i: int, e: torch.Tensor) -> tuple[torch.Tensor, Any, Any]:
+        """A block's share: sum of w e^2, and the per-row statistics (order-free parts)."""
         sq = e.square()
         if sw is not None:
             sq *= sw[i : i + e.shape[0], None, None]
-        sq_sum += sq.sum(0)
-        sq_rows.update(sq[:, :, 0] if k == 1 else sq.mean(2))
+        terms = None
         if term_rows is not None:
             u = torch.nan_to_num(c * sq, nan=0.0)  # r2 of a constant target: inf * 0
-            term_rows.update(u if per_target else u.mean(2))
-        if results is not None:
+            terms = _Running.stats(u if per_target else u.mean(2))
+        if results is not None:  # disjoint rows: safe from the worker threads
             out = sq if scoring is None else y[i : i + e.shape[0], None, :] - e
             results[i : i + e.shape[0]] = out.permute(0, 2, 1)
+        return sq.sum(0), _Running.stats(sq[:, :, 0] if k == 1 else sq.mean(2)), terms
+
+    # merged in row order: the result does not depend on the threads' timing
+    for part, sq_stats, terms in _loo_blocks(X, y, sw, sp, alphas, fi, W, per_block):
+        sq_sum += part
+        sq_rows.add(*sq_stats)
+        if term_rows is not None:
+            term_rows.add(*terms)
     se_sq = sq_rows.se()
     score_se = n * (term_rows.se() if term_rows is not None else float(c[0]) * se_sq)
     score = c0 - c * sq_sum
