@@ -396,3 +396,18 @@ def test_gram_state_on_two_threads_equals_one(weighted, monkeypatch):
         )
     np.testing.assert_allclose(two.X_offset.numpy(), one.X_offset.numpy(), rtol=1e-14)
     assert two.weight_sum == pytest.approx(one.weight_sum, rel=1e-15)
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_fit_fingerprint_from_its_moments_matches_the_data(fit_intercept):
+    # the fit takes its fingerprint from the moments it accumulated (no extra pass); a
+    # summary() on the same data recomputes it from the rows and must agree, on other data not
+    from regtorch._base import data_fingerprint, same_data
+
+    est = LinearRegression(solver="cholesky", fit_intercept=fit_intercept).fit(X, Y, W)
+    fp = est._fit_info["fingerprint"]
+    assert same_data(fp, data_fingerprint(X, Y[:, None], W), rtol=1e-13)
+    assert not same_data(fp, data_fingerprint(X, Y[:, None] + 1e-6, W))
+    est.summary(X=X, y=Y, sample_weight=W, cov_type="HC1")
+    with pytest.raises(ValueError, match="training data"):
+        est.summary(X=X * 1.001, y=Y, sample_weight=W, cov_type="HC1")

@@ -18,6 +18,7 @@ __all__ = [
     "check_gram_range",
     "check_param",
     "data_fingerprint",
+    "fingerprint_of_moments",
     "same_data",
     "to_numpy_input",
     "FitData",
@@ -139,10 +140,11 @@ def _abs_peaks(A: np.ndarray) -> np.ndarray:
 
 
 def _abs_peaks_rows(A: np.ndarray) -> np.ndarray:
+    rows = max(_PEAK_BLOCK_ROWS, (1 << 16) // max(A.shape[1], 1))  # blocks of >= 512 KB
     top = np.zeros(A.shape[1], dtype=A.dtype)
-    buf = np.empty((min(_PEAK_BLOCK_ROWS, A.shape[0]), A.shape[1]), dtype=A.dtype)
-    for i in range(0, A.shape[0], _PEAK_BLOCK_ROWS):
-        blk = np.abs(A[i : i + _PEAK_BLOCK_ROWS], out=buf[: min(_PEAK_BLOCK_ROWS, A.shape[0] - i)])
+    buf = np.empty((min(rows, A.shape[0]), A.shape[1]), dtype=A.dtype)
+    for i in range(0, A.shape[0], rows):
+        blk = np.abs(A[i : i + rows], out=buf[: min(rows, A.shape[0] - i)])
         np.maximum(top, blk.max(0), out=top)  # NaN propagates
     return top
 
@@ -199,40 +201,41 @@ def data_fingerprint(
 ) -> np.ndarray:
     """Small summary of a weighted data set: count, weight, moments of [X, y] and X*y.
 
-    Computed on columns scaled by powers of two (no overflow), in blocks of rows (no
-    temporary the size of the data); two fits on the same data give the same fingerprint
-    up to rounding. ``peaks``: the largest magnitude of each column of ``[X, y]``, if known.
+    Taken from the engine's moments of ``[X, y]`` (the pass a linear fit makes; see
+    :func:`fingerprint_of_moments`), on columns scaled by powers of two (no overflow): two
+    fits on the same data give the same fingerprint up to rounding. ``peaks``: the largest
+    magnitude of each column of ``[X, y]``, if known.
     """
+    from regtorch.linear.solvers import gram_state
+
     Xn = np.asarray(to_numpy_input(X), dtype=np.float64)
     yn = np.asarray(to_numpy_input(y), dtype=np.float64).reshape(len(Xn), -1)
-    w = (
-        None
-        if sample_weight is None
-        else np.asarray(to_numpy_input(sample_weight), dtype=np.float64).reshape(-1)
-    )
-    p, t = Xn.shape[1], yn.shape[1]
     top = (
         np.concatenate([_abs_peaks(Xn), _abs_peaks(yn)])
         if peaks is None
         else np.asarray(to_numpy_input(peaks), dtype=np.float64)
     )
+    w = None
+    if sample_weight is not None:
+        w = torch.from_numpy(np.asarray(to_numpy_input(sample_weight), dtype=np.float64))
+    Xt = torch.from_numpy(np.ascontiguousarray(Xn))
+    yt = torch.from_numpy(np.ascontiguousarray(yn))
+    gs = gram_state(Xt, yt, w, True, top=torch.from_numpy(top))
+    return fingerprint_of_moments(gs.moments, top, len(Xn), Xn.shape[1])
+
+
+def fingerprint_of_moments(state: Any, peaks: Any, n_rows: int, p: int) -> np.ndarray:
+    """:func:`data_fingerprint` of data whose moments a fit already took (a
+    ``MomentState`` of ``[X, y]`` with ``p`` features): no pass over the rows."""
+    top = np.asarray(to_numpy_input(peaks), dtype=np.float64)
     _, e = np.frexp(np.where(top > 0, top, 1.0))
-    s = np.ldexp(1.0, -e)
-    first, second, cross = np.zeros(p + t), np.zeros(p + t), np.zeros((p, t))
-    for i in range(0, len(Xn), _PEAK_BLOCK_ROWS):
-        Zs = np.hstack([Xn[i : i + _PEAK_BLOCK_ROWS], yn[i : i + _PEAK_BLOCK_ROWS]]) * s
-        wb = np.ones(len(Zs)) if w is None else w[i : i + _PEAK_BLOCK_ROWS]
-        first += wb @ Zs
-        second += wb @ np.square(Zs)
-        cross += (wb[:, None] * Zs[:, :p]).T @ Zs[:, p:]
-    W = float(len(Xn)) if w is None else float(w.sum())
-    parts: list[Any] = [
-        [float(len(Xn)), W],
-        e.astype(np.float64),
-        first / W,
-        second / W,
-        cross.ravel() / W,
-    ]
+    r = torch.from_numpy(np.ldexp(1.0, -e)) / state.scale.cpu()  # powers of two: exact
+    mean = (state.mean.cpu() * r).numpy()  # weighted means of the scaled columns
+    C = (state.C.cpu() * torch.outer(r, r)).numpy()
+    W = float(state.n)
+    second = np.diagonal(C) / W + mean**2
+    cross = C[:p, p:] / W + np.outer(mean[:p], mean[p:])
+    parts: list[Any] = [[float(n_rows), W], e.astype(np.float64), mean, second, cross.ravel()]
     return np.concatenate([np.ravel(q) for q in parts])
 
 

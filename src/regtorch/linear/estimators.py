@@ -18,6 +18,7 @@ from regtorch._base import (
     check_gram_range,
     check_param,
     data_fingerprint,
+    fingerprint_of_moments,
     validate_fit_data,
     validate_predict_input,
 )
@@ -193,6 +194,7 @@ class LinearRegression(_LinearBase):
         self._check_params()
         Xt, yt, sw, y_1d, peaks = validate_fit_data(self, X, y, sample_weight, device=self.device)
         alpha = float(self._alpha)
+        gram = None  # the accumulated moments, when the solver took them
         if self.solver in GRADIENT_SOLVERS:
             coef, xo, yo, hist = _gradient_fit(self, Xt, yt, sw, alpha)
             b = yo - xo @ coef if self.fit_intercept else torch.zeros_like(yo)
@@ -209,6 +211,7 @@ class LinearRegression(_LinearBase):
                 fit_intercept=self.fit_intercept,
                 peaks=peaks,
             )
+            gram = sol.state
             b = yo - xo @ sol.coef if sol.intercept is None else sol.intercept
             b = b if self.fit_intercept else torch.zeros_like(b)
             if sol.sst is not None:
@@ -216,7 +219,12 @@ class LinearRegression(_LinearBase):
             else:
                 info = _fit_info(Xt, yt, sw, sol.coef, xo, yo, self.fit_intercept, sol.state)
             fit = LinearFit(sol.coef, b, sol.rank, sol.solver, info, sol.R, sol.bse_unit)
-        fit.info["fingerprint"] = data_fingerprint(Xt, yt, sw, peaks)
+        moments = None if gram is None else gram.moments
+        fit.info["fingerprint"] = (
+            data_fingerprint(Xt, yt, sw, peaks)
+            if moments is None
+            else fingerprint_of_moments(moments, peaks, Xt.shape[0], Xt.shape[1])
+        )
         self._set_fitted(fit, y_1d)
         return self
 

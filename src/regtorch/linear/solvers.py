@@ -82,6 +82,7 @@ class GramState:
     X_offset: torch.Tensor  # (p,) weighted means (zeros without intercept)
     y_offset: torch.Tensor  # (k,)
     weight_sum: float
+    moments: Any = None  # the MomentState it came from, when there is one
 
 
 @dataclass
@@ -165,7 +166,7 @@ def gram_state(
     y: torch.Tensor,
     sample_weight: torch.Tensor | None,
     fit_intercept: bool,
-    block_rows: int = 16_384,
+    block_rows: int | None = None,
     top: torch.Tensor | None = None,
 ) -> GramState:
     """One blockwise pass: the engine's mergeable moments of ``[X, y]``, as a GramState.
@@ -179,6 +180,8 @@ def gram_state(
     from regtorch.linear.moments import MomentState
 
     n, p = X.shape
+    # about 4 MB of rows per block (at least 16,384 rows): narrow data in fewer, longer blocks
+    block_rows = block_rows or max(16_384, (1 << 19) // max(p, 1))
     on_cpu = X.device.type == "cpu" and X.dtype == torch.float64
     w = None if sample_weight is None else sample_weight.reshape(-1).to(X.dtype)
 
@@ -205,7 +208,9 @@ def gram_state(
         with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(2) as pool:
             state, second = pool.map(lambda r: rows(*r), ((0, half), (half, n)))
         state.merge(second)
-    return gram_of_moments(state, fit_intercept, p, X.new_zeros(p), y.new_zeros(y.shape[1]))
+    gs = gram_of_moments(state, fit_intercept, p, X.new_zeros(p), y.new_zeros(y.shape[1]))
+    gs.moments = state
+    return gs
 
 
 def gram_of_moments(
