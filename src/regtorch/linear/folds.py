@@ -9,7 +9,6 @@ and the held-out error of any coefficient vector comes exactly from the fold's o
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from regtorch import distributed
+from regtorch._threads import split_rows, worker_pool, worth_threads
 from regtorch._validation import column_peaks
 from regtorch.data.prefetch import Progress, prefetch
 from regtorch.data.readers import DataError
@@ -255,15 +255,11 @@ def _states_by_label(
     wn = None if w is None else w.numpy()
     lab = label.astype(np.int16 if S < 2**15 else np.int64, copy=False)
     args = (Xn, yn, wn, lab, S, top)
-    if Xn.size < PARALLEL_FOLD_SIZE or (os.cpu_count() or 1) < 2:
+    if not worth_threads(Xn.size, PARALLEL_FOLD_SIZE):
         return _label_states(*args, 0, n)
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
-
-    half = (n // 2 // FOLD_BLOCK_ROWS + 1) * FOLD_BLOCK_ROWS
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(2) as pool:
-        first, second = pool.map(lambda r: _label_states(*args, *r), ((0, half), (half, n)))
+    with worker_pool() as pool:
+        halves = split_rows(n, FOLD_BLOCK_ROWS)
+        first, second = pool.map(lambda r: _label_states(*args, *r), halves)
     for state, other in zip(first, second, strict=True):
         state.merge(other)
     return first

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import numbers
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from regtorch._base import check_param, validate_fit_data
+from regtorch._threads import worker_pool, worth_threads
 from regtorch.linear.estimators import _LinearBase
 from regtorch.linear.solvers import center_and_weight, gram_state
 from regtorch.nn.loop import _num_threads
@@ -259,15 +259,13 @@ def _loo_blocks_numpy(
         return per_block(i, torch.from_numpy(e))
 
     starts = range(0, Xn.shape[0], LOO_BLOCK_ROWS)
-    if Xn.size < PARALLEL_LOO_SIZE or (os.cpu_count() or 1) < 2:
+    if not worth_threads(Xn.size, PARALLEL_LOO_SIZE):
         yield from map(block, starts)
         return
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
+    from concurrent.futures import Future
 
     # blocks computed on two threads (single-threaded BLAS each), handed on in row order
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(2) as pool:
+    with worker_pool() as pool:
         pending: collections.deque[Future[Any]] = collections.deque()
         for i in starts:
             pending.append(pool.submit(block, i))

@@ -8,7 +8,6 @@ is fitted. Closed forms run in the dtype they are given (the estimators pass flo
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from regtorch._threads import split_rows, worker_pool, worth_threads
 from regtorch.exceptions import IllConditionedWarning, RankWarning
 
 __all__ = [
@@ -197,16 +197,11 @@ def gram_state(
                 state.update(torch.cat([Xb, yb], 1), wb, None if top is None else top.to(X.device))
         return state
 
-    if not on_cpu or X.numel() < PARALLEL_GRAM_SIZE or (os.cpu_count() or 1) < 2:
+    if not on_cpu or not worth_threads(X.numel(), PARALLEL_GRAM_SIZE):
         state = rows(0, n)
     else:  # two halves on two threads (single-threaded BLAS each), merged in row order
-        from concurrent.futures import ThreadPoolExecutor
-
-        from threadpoolctl import threadpool_limits
-
-        half = (n // 2 // block_rows + 1) * block_rows
-        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(2) as pool:
-            state, second = pool.map(lambda r: rows(*r), ((0, half), (half, n)))
+        with worker_pool() as pool:
+            state, second = pool.map(lambda r: rows(*r), split_rows(n, block_rows))
         state.merge(second)
     gs = gram_of_moments(state, fit_intercept, p, X.new_zeros(p), y.new_zeros(y.shape[1]))
     gs.moments = state

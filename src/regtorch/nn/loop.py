@@ -189,9 +189,9 @@ def _reading_threads() -> Iterator[None]:
     """One compute thread (torch's and the BLAS pools, e.g. numpy's OpenBLAS) while a
     reader decodes: pyarrow's threads keep the other cores busy, and more compute threads
     only spin against them (measured slower on 2 cores)."""
-    from threadpoolctl import threadpool_limits
+    from regtorch._threads import blas_one_thread
 
-    with _num_threads(1), threadpool_limits(limits=1, user_api="blas"):
+    with _num_threads(1), blas_one_thread():
         yield
 
 

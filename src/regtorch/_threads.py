@@ -1,0 +1,55 @@
+"""Two worker threads for the large in-memory passes, and the BLAS thread limit they need.
+
+numpy releases the GIL in its loops and BLAS calls, so two threads each reading half of the
+rows use both cores; BLAS then runs one thread per call (else each call would start its own
+pool: four threads on two cores). The BLAS limit is process-wide, so every section that sets
+it holds one lock: two such sections in different threads cannot restore each other's limits
+in the wrong order.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+__all__ = ["blas_one_thread", "split_rows", "worker_pool", "worth_threads"]
+
+_LOCK = threading.RLock()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def worth_threads(size: int, threshold: int) -> bool:
+    """Whether a pass over ``size`` values should use two threads."""
+    return size >= threshold and usable_cores() >= 2
+
+
+@contextmanager
+def blas_one_thread() -> Iterator[None]:
+    """BLAS pools (numpy's OpenBLAS) limited to one thread, under the process-wide lock."""
+    from threadpoolctl import threadpool_limits
+
+    with _LOCK, threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+@contextmanager
+def worker_pool() -> Iterator[ThreadPoolExecutor]:
+    """Two worker threads, each calling single-threaded BLAS."""
+    with blas_one_thread(), ThreadPoolExecutor(2) as pool:
+        yield pool
+
+
+def split_rows(n: int, block: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Rows ``0..n`` in two ranges cut at a multiple of ``block`` (the second may be empty)."""
+    half = min(n, (n // 2 // block + 1) * block)
+    return (0, half), (half, n)
