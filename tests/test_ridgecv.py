@@ -336,9 +336,9 @@ def test_bad_data(regression):
 
 
 def test_wide_gram_limit(monkeypatch):
-    from regtorch.linear import ridgecv
+    from regtorch.linear import loo
 
-    monkeypatch.setattr(ridgecv, "GRAM_MAX_ROWS", 10)
+    monkeypatch.setattr(loo, "GRAM_MAX_ROWS", 10)
     X, y = make_regression(20, 30, random_state=0)
     with pytest.raises(ValueError, match="n_samples x n_samples Gram.*Use cv=K"):
         RidgeCV().fit(X, y)
@@ -387,16 +387,17 @@ def test_1se_per_target_and_r2(multi):
 @pytest.mark.parametrize("weighted", [False, True])
 def test_leave_one_out_on_two_threads_equals_one(weighted, monkeypatch):
     # the blocks of the leverage pass computed on two threads, handed on in row order
+    import regtorch.linear.loo as loo_mod
     import regtorch.linear.ridgecv as ridgecv_mod
 
     rng = np.random.default_rng(11)
     Xd = rng.normal(size=(300, 4)) + 3.0
     yd = Xd @ [1.0, -2.0, 0.5, 0.0] + rng.normal(size=300)
     sw = rng.uniform(0.5, 2.0, 300) if weighted else None
-    monkeypatch.setattr(ridgecv_mod, "LOO_BLOCK_ROWS", 17)
+    monkeypatch.setattr(loo_mod, "LOO_BLOCK_ROWS", 17)
     kw = {"alphas": np.logspace(-2, 2, 7), "store_cv_results": True}
     one = ridgecv_mod.RidgeCV(**kw).fit(Xd, yd, sample_weight=sw)
-    monkeypatch.setattr(ridgecv_mod, "PARALLEL_LOO_SIZE", 0)
+    monkeypatch.setattr(loo_mod, "PARALLEL_LOO_SIZE", 0)
     two = ridgecv_mod.RidgeCV(**kw).fit(Xd, yd, sample_weight=sw)
     assert two.alpha_ == one.alpha_
     np.testing.assert_allclose(two.cv_results_, one.cv_results_, rtol=1e-13, atol=1e-15)
