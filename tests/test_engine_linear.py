@@ -411,3 +411,20 @@ def test_fit_fingerprint_from_its_moments_matches_the_data(fit_intercept):
     est.summary(X=X, y=Y, sample_weight=W, cov_type="HC1")
     with pytest.raises(ValueError, match="training data"):
         est.summary(X=X * 1.001, y=Y, sample_weight=W, cov_type="HC1")
+
+
+def test_streamed_fit_of_a_huge_offset_column_equals_in_memory():
+    # a column near 1e130 whose mean dwarfs its spread: the streamed fit was silently wrong
+    # (0.56 for a slope of 1.98) when the batch was scaled twice before re-centring
+    from regtorch.data import ArraySource
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    x = 1e130 * (1 + 1e-3 * rng.normal(size=n))
+    X2 = np.column_stack([x, rng.normal(size=n)])
+    y = 3e-130 * x + 2 * X2[:, 1] + rng.normal(size=n)
+    ref = LinearRegression().fit(X2, y)
+    est = LinearRegression()
+    stream_fit_linear(est, ArraySource(X2, y, batch_rows=500))
+    np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-9)
+    assert est.coef_[1] == pytest.approx(1.98, abs=0.05)
