@@ -428,3 +428,19 @@ def test_streamed_fit_of_a_huge_offset_column_equals_in_memory():
     stream_fit_linear(est, ArraySource(X2, y, batch_rows=500))
     np.testing.assert_allclose(est.coef_, ref.coef_, rtol=1e-9)
     assert est.coef_[1] == pytest.approx(1.98, abs=0.05)
+
+
+def test_moment_state_torch_path_matches_numpy_path():
+    # tensors that are not CPU float64 (a GPU's, or float32) take the torch branch of the
+    # same formulas; float32 input agrees to its own rounding and warns about nothing
+    rng = np.random.default_rng(8)
+    Z = np.column_stack([rng.normal(size=(3000, 2)) + [50.0, -3.0], rng.normal(size=3000)])
+    w = rng.uniform(0.0, 2.0, 3000)
+    a, b = MomentState(), MomentState()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a.update(torch.from_numpy(Z).float(), torch.from_numpy(w).float())
+    b.update(torch.from_numpy(Z), torch.from_numpy(w))
+    r = (b.scale / a.scale).numpy()
+    np.testing.assert_allclose(a.mean.numpy() * r, b.mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(a.C.numpy() * np.outer(r, r), b.C.numpy(), rtol=1e-5, atol=1e-6)

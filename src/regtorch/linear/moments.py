@@ -53,7 +53,7 @@ SAFE_EXPONENT = 400
 
 def _pow2_scale(top: torch.Tensor) -> torch.Tensor:
     """Per column, the power of two ``s`` with ``top * s`` in [0.5, 1) (1 for a zero column)."""
-    t = top.cpu().numpy()
+    t = top.detach().cpu().numpy().astype(np.float64)
     _, e = np.frexp(np.where(t > 0, t, 1.0))
     return torch.from_numpy(np.ldexp(1.0, -e)).to(top.device)
 
@@ -61,7 +61,7 @@ def _pow2_scale(top: torch.Tensor) -> torch.Tensor:
 def _products_in_range(top: torch.Tensor) -> bool:
     """Whether columns with these largest magnitudes can form their Gram unscaled."""
     big = 2.0**SAFE_EXPONENT
-    t = top.cpu().numpy()
+    t = top.detach().cpu().numpy().astype(np.float64)
     return bool(((t < big) & ((t == 0) | (t > 1 / big))).all())
 
 
