@@ -1,9 +1,20 @@
-"""Table formatting shared by the benchmark entries."""
+"""Table formatting and timing shared by the benchmark entries."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
+
+
+def best_time(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
+    """The best wall time of ``repeat`` calls of ``fn`` and the last call's result."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -20,28 +20,18 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _table import best_time as _time
 from _table import table
 
 N_FOLDS = 5
 RIDGE_ALPHAS = np.logspace(-2, 3, 10)
 L1_RATIOS = [0.1, 0.5, 0.9]
 HERE = Path(__file__).resolve().parent
-
-
-def _time(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def _data(n: int, p: int) -> tuple[np.ndarray, np.ndarray]:

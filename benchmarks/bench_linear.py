@@ -8,27 +8,17 @@ largest coefficient. The X'X row is the floor of any exact method.
 
 from __future__ import annotations
 
-import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from _table import best_time as _time
 from _table import table
 
 import regtorch
 
 SHAPES = [(1_000_000, 50), (200_000, 500), (5_000_000, 10)]
-
-
-def _time(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def _data(n: int, p: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ import torch
 from sklearn.utils import assert_all_finite
 from sklearn.utils.validation import validate_data
 
-from regtorch._threads import split_rows, worker_pool, worth_threads
+from regtorch._threads import map_halves
 from regtorch._validation import column_peaks, resolve_device
 
 __all__ = [
@@ -129,12 +129,10 @@ def _abs_peaks(A: np.ndarray) -> np.ndarray:
         return np.zeros(A.shape[1], dtype=np.float64)
     if not A.flags.c_contiguous:  # column-major: each column's reduction is contiguous
         return np.maximum(A.max(0), -A.min(0))
-    if not worth_threads(A.size, _PARALLEL_PEAK_SIZE):
-        return _abs_peaks_rows(A)
-    first, second = split_rows(A.shape[0], 1)
-    with worker_pool() as pool:
-        a, b = pool.map(lambda r: _abs_peaks_rows(A[r[0] : r[1]]), (first, second))
-    return np.maximum(a, b)  # NaN propagates
+    halves = map_halves(
+        lambda i, j: _abs_peaks_rows(A[i:j]), A.shape[0], 1, A.size, _PARALLEL_PEAK_SIZE
+    )
+    return np.maximum.reduce(halves)  # NaN propagates
 
 
 def _abs_peaks_rows(A: np.ndarray) -> np.ndarray:

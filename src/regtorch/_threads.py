@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TypeVar
 
-__all__ = ["blas_one_thread", "split_rows", "worker_pool", "worth_threads"]
+__all__ = ["blas_one_thread", "map_halves", "split_rows", "worker_pool", "worth_threads"]
+
+T = TypeVar("T")
 
 _LOCK = threading.RLock()
 
@@ -53,3 +56,15 @@ def split_rows(n: int, block: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """Rows ``0..n`` in two ranges cut at a multiple of ``block`` (the second may be empty)."""
     half = min(n, (n // 2 // block + 1) * block)
     return (0, half), (half, n)
+
+
+def map_halves(
+    fn: Callable[[int, int], T], n: int, block: int, size: int, threshold: int
+) -> list[T]:
+    """``fn(start, stop)`` over rows ``0..n``: one call, or (``size`` values from
+    ``threshold`` on) two halves cut at a multiple of ``block`` on two threads; the results
+    in row order, for the caller to merge."""
+    if not worth_threads(size, threshold):
+        return [fn(0, n)]
+    with worker_pool() as pool:
+        return list(pool.map(lambda r: fn(*r), split_rows(n, block)))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from regtorch import distributed
-from regtorch._threads import split_rows, worker_pool, worth_threads
+from regtorch._threads import map_halves
 from regtorch._validation import column_peaks
 from regtorch.data.prefetch import Progress, prefetch
 from regtorch.data.readers import DataError
@@ -255,13 +255,12 @@ def _states_by_label(
     wn = None if w is None else w.numpy()
     lab = label.astype(np.int16 if S < 2**15 else np.int64, copy=False)
     args = (Xn, yn, wn, lab, S, top)
-    if not worth_threads(Xn.size, PARALLEL_FOLD_SIZE):
-        return _label_states(*args, 0, n)
-    with worker_pool() as pool:
-        halves = split_rows(n, FOLD_BLOCK_ROWS)
-        first, second = pool.map(lambda r: _label_states(*args, *r), halves)
-    for state, other in zip(first, second, strict=True):
-        state.merge(other)
+    first, *rest = map_halves(
+        lambda i, j: _label_states(*args, i, j), n, FOLD_BLOCK_ROWS, Xn.size, PARALLEL_FOLD_SIZE
+    )
+    for other in rest:
+        for state, part in zip(first, other, strict=True):
+            state.merge(part)
     return first
 
 

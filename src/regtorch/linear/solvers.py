@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from regtorch._threads import split_rows, worker_pool, worth_threads
+from regtorch._threads import map_halves
 from regtorch.exceptions import IllConditionedWarning, RankWarning
 
 __all__ = [
@@ -197,12 +197,11 @@ def gram_state(
                 state.update(torch.cat([Xb, yb], 1), wb, None if top is None else top.to(X.device))
         return state
 
-    if not on_cpu or not worth_threads(X.numel(), PARALLEL_GRAM_SIZE):
-        state = rows(0, n)
-    else:  # two halves on two threads (single-threaded BLAS each), merged in row order
-        with worker_pool() as pool:
-            state, second = pool.map(lambda r: rows(*r), split_rows(n, block_rows))
-        state.merge(second)
+    # on the CPU, large arrays in two halves on two threads, merged in row order
+    size = X.numel() if on_cpu else 0
+    state, *rest = map_halves(rows, n, block_rows, size, PARALLEL_GRAM_SIZE)
+    for other in rest:
+        state.merge(other)
     gs = gram_of_moments(state, fit_intercept, p, X.new_zeros(p), y.new_zeros(y.shape[1]))
     gs.moments = state
     return gs
