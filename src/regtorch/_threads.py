@@ -9,12 +9,13 @@ in the wrong order.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = ["blas_one_thread", "map_halves", "split_rows", "worker_pool", "worth_threads"]
 
@@ -39,10 +40,17 @@ def worth_threads(size: int, threshold: int) -> bool:
 @contextmanager
 def blas_one_thread() -> Iterator[None]:
     """BLAS pools (numpy's OpenBLAS) limited to one thread, under the process-wide lock."""
-    from threadpoolctl import threadpool_limits
-
-    with _LOCK, threadpool_limits(limits=1, user_api="blas"):
+    with _LOCK, _controller().limit(limits=1, user_api="blas"):
         yield
+
+
+@functools.cache
+def _controller() -> Any:
+    """The BLAS libraries loaded in this process, found once (a scan costs milliseconds);
+    numpy's are loaded before any of the passes that limit them runs."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 @contextmanager

@@ -9,6 +9,7 @@ order. The same ``alpha_``, scores and ``cv_results_`` as scikit-learn's "GCV mo
 from __future__ import annotations
 
 import collections
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,22 +32,22 @@ GRAM_MAX_ROWS = 20_000
 
 @dataclass
 class _Running:
-    """Count, mean and centred sum of squares over blocks of rows (Chan et al.'s merge)."""
+    """Count, mean and centred sum of squares over blocks of rows (Chan et al.'s merge);
+    numpy arrays or tensors alike."""
 
     n: int = 0
-    mean: torch.Tensor | None = None
-    m2: torch.Tensor | None = None
+    mean: Any = None
+    m2: Any = None
 
     @staticmethod
-    def stats(v: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    def stats(v: Any) -> tuple[int, Any, Any]:
         """A block's count, mean and centred sum of squares (to :meth:`add` later)."""
         mb = v.mean(0)
-        return v.shape[0], mb, (v - mb).square().sum(0)
+        d = v - mb
+        d *= d
+        return v.shape[0], mb, d.sum(0)
 
-    def update(self, v: torch.Tensor) -> None:
-        self.add(*self.stats(v))
-
-    def add(self, nb: int, mb: torch.Tensor, m2b: torch.Tensor) -> None:
+    def add(self, nb: int, mb: Any, m2b: Any) -> None:
         """Merge a block's :meth:`stats`."""
         if self.mean is None or self.m2 is None:
             self.n, self.mean, self.m2 = nb, mb, m2b
@@ -54,13 +55,17 @@ class _Running:
         n = self.n + nb
         delta = mb - self.mean
         self.mean = self.mean + delta * (nb / n)
-        self.m2 = self.m2 + m2b + delta.square() * (self.n * nb / n)
+        self.m2 = self.m2 + m2b + delta * delta * (self.n * nb / n)
         self.n = n
 
     def se(self) -> np.ndarray:
         """Standard error of the mean (sample standard deviation / sqrt(n))."""
         assert self.m2 is not None
-        return (self.m2 / max(self.n - 1, 1) / self.n).sqrt().cpu().numpy()
+        return np.sqrt(_numpy(self.m2) / max(self.n - 1, 1) / self.n)
+
+
+def _numpy(a: Any) -> np.ndarray:
+    return a.cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
 
 def _eig_coefs(
@@ -212,21 +217,37 @@ def _loo_blocks_numpy(
     )
     swn = None if sw is None else sw.numpy()
     na, k = Dn.shape[1], yn.shape[1]
+    p = Xn.shape[1]
+    # per-thread work arrays: a fresh array per block would be page-faulted in every time
+    local = threading.local()
 
     def block(i: int) -> Any:
+        if not hasattr(local, "P"):
+            local.P, local.P2 = np.empty((LOO_BLOCK_ROWS, p)), np.empty((LOO_BLOCK_ROWS, p))
+            local.lev, local.e = np.empty((LOO_BLOCK_ROWS, na)), np.empty((LOO_BLOCK_ROWS, na * k))
         Xb = Xn[i : i + LOO_BLOCK_ROWS]
-        P = Xb @ V - mVn if sp.center_in_gemm else (Xb - xo) @ V
-        lev = (P * P) @ Dn  # (r, n_alphas)
+        r = Xb.shape[0]
+        P, P2, lev, e = local.P[:r], local.P2[:r], local.lev[:r], local.e[:r]
+        if sp.center_in_gemm:  # (x - m)'V = x'V - m'V: no centred copy of the block
+            np.matmul(Xb, V, out=P)
+            P -= mVn
+        else:
+            np.subtract(Xb, xo, out=P2)
+            np.matmul(P2, V, out=P)
+        np.multiply(P, P, out=P2)
+        np.matmul(P2, Dn, out=lev)  # (r, n_alphas): P^2 D
         if swn is None:
-            keep = (1.0 - share) - lev  # 1 - 1/W - P^2 D
+            np.subtract(1.0 - share, lev, out=lev)  # 1 - leverage = 1 - 1/W - P^2 D
         else:
             lev += share  # the intercept's 1/W
-            keep = 1.0 - lev * swn[i : i + LOO_BLOCK_ROWS, None]
-        yc = yn[i : i + LOO_BLOCK_ROWS] - yo
-        e = (yc if k == 1 else np.tile(yc, (1, na))) - P @ BDn
-        e = e.reshape(-1, na, k)
-        e /= keep[:, :, None]
-        return per_block(i, torch.from_numpy(e))
+            lev *= swn[i : i + r, None]
+            np.subtract(1.0, lev, out=lev)
+        np.matmul(P, BDn, out=e)  # fitted values (centred) for every alpha and target
+        yc = yn[i : i + r] - yo
+        np.subtract(yc if k == 1 else np.tile(yc, (1, na)), e, out=e)
+        e3 = e.reshape(r, na, k)
+        e3 /= lev[:, :, None]
+        return per_block(i, e3)
 
     starts = range(0, Xn.shape[0], LOO_BLOCK_ROWS)
     if not worth_threads(Xn.size, PARALLEL_LOO_SIZE):
@@ -308,34 +329,42 @@ def loo_fit(
     W = float(n if sw is None else sw.sum())
     c = _score_scale(y, sw, scoring)
     c0 = 1.0 if scoring == "r2" else 0.0
-    sq_sum = y.new_zeros(alphas.shape[0], k)  # sum of w_i e_i^2 per alpha, target
+    sq_sum: Any = 0.0  # sum of w_i e_i^2 per alpha, target
     # per-row w_i e_i^2 (mean over targets) and, where the score is not proportional to
     # it, the per-row score terms: standard errors for mse_se_ and the 1se rule
     sq_rows = _Running()
     term_rows = _Running() if per_target or scoring == "r2" else None
     store = est.store_cv_results
-    results = y.new_empty(n, k, alphas.shape[0]) if store else None
+    results = np.empty((n, k, alphas.shape[0]), _numpy(y[:0]).dtype) if store else None
+    # the blocks come as numpy arrays from the CPU pass, as tensors otherwise
+    host = (None if sw is None else _numpy(sw), _numpy(c), _numpy(y))
 
-    def per_block(i: int, e: torch.Tensor) -> tuple[torch.Tensor, Any, Any]:
-        """A block's share: sum of w e^2, and the per-row statistics (order-free parts)."""
-        sq = e.square()
-        if sw is not None:
-            sq *= sw[i : i + e.shape[0], None, None]
+    def per_block(i: int, e: Any) -> tuple[Any, Any, Any]:
+        """A block's share: sum of w e^2, and the per-row statistics (order-free parts).
+        ``e`` (a work array of the pass) is overwritten."""
+        r, on_host = e.shape[0], isinstance(e, np.ndarray)
+        swb, cb, yb = host if on_host else (sw, c, y)
+        if results is not None and scoring is not None:  # disjoint rows: thread-safe
+            results[i : i + r] = _numpy((yb[i : i + r, None, :] - e).swapaxes(1, 2))
+        sq = e
+        sq *= e
+        if swb is not None:
+            sq *= swb[i : i + r, None, None]
         terms = None
         if term_rows is not None:
-            u = torch.nan_to_num(c * sq, nan=0.0)  # r2 of a constant target: inf * 0
+            u = (np if on_host else torch).nan_to_num(cb * sq, nan=0.0)  # r2: inf * 0
             terms = _Running.stats(u if per_target else u.mean(2))
-        if results is not None:  # disjoint rows: safe from the worker threads
-            out = sq if scoring is None else y[i : i + e.shape[0], None, :] - e
-            results[i : i + e.shape[0]] = out.permute(0, 2, 1)
+        if results is not None and scoring is None:
+            results[i : i + r] = _numpy(sq.swapaxes(1, 2))
         return sq.sum(0), _Running.stats(sq[:, :, 0] if k == 1 else sq.mean(2)), terms
 
     # merged in row order: the result does not depend on the threads' timing
     for part, sq_stats, terms in _loo_blocks(X, y, sw, sp, alphas, fi, W, per_block):
-        sq_sum += part
+        sq_sum = sq_sum + part
         sq_rows.add(*sq_stats)
         if term_rows is not None:
             term_rows.add(*terms)
+    sq_sum = torch.as_tensor(sq_sum, dtype=y.dtype, device=y.device)
     se_sq = sq_rows.se()
     score_se = n * (term_rows.se() if term_rows is not None else float(c[0]) * se_sq)
     score = c0 - c * sq_sum
@@ -345,8 +374,7 @@ def loo_fit(
     score_mean = score if per_target else score.mean(1)
     cv = None
     if results is not None:
-        cv = results.cpu().numpy()
-        cv = cv[:, 0, :] if y_1d else cv
+        cv = results[:, 0, :] if y_1d else results
     return est._select(
         sp.coefs(alphas),
         sp.y_offset,
