@@ -22,13 +22,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import os
 import re
 import secrets
 import shutil
 import signal
-import stat
 import sys
 import tempfile
 import threading
@@ -38,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from regtorch._files import umask
+from regtorch._lock import lock_file, unlock_file
 
 __all__ = [
     "InterruptedFit",
@@ -136,34 +135,17 @@ def _check_place(dest: Path, shown: str, inputs: Sequence[str | os.PathLike[str]
 
 def _lock(lock_path: Path, shown: str) -> int:
     """Open and flock ``lock_path`` without waiting; fail naming the holder's pid."""
-    for _ in range(20):
-        # O_NOFOLLOW: a symbolic link planted as the lock must not make us truncate its target
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OutputFolderError(f"--out {shown}: its lock {lock_path} is not a file.")
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise OutputLockedError(
-                f"--out {shown} is being written by another regtorch run (pid {holder}); wait "
-                "for it or choose another --out."
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        # the holder unlinks the file before releasing it: a lock on an unlinked file is void
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
-        except FileNotFoundError:
-            same = False
-        if same:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            return fd
-        os.close(fd)
-    raise OutputLockedError(f"--out {shown}: could not take its lock {lock_path}; try again.")
+
+    def busy(holder: str) -> OutputLockedError:
+        return OutputLockedError(
+            f"--out {shown} is being written by another regtorch run (pid {holder}); wait "
+            "for it or choose another --out."
+        )
+
+    def fail(reason: str) -> OutputLockedError:
+        return OutputLockedError(f"--out {shown}: {reason}.")
+
+    return lock_file(lock_path, busy, fail)
 
 
 def _recover(dest: Path) -> None:
@@ -245,23 +227,17 @@ def acquire(
         _check_place(d, shown, inputs)  # a restored backup is checked like any folder
         had_model = _inspect(d, shown, force)
     except BaseException:
-        _unlock(fd, lock_path)
+        unlock_file(fd, lock_path)
         raise
     claim = Claim(d, fd, lock_path, had_model)
     _HELD[d] = claim
     return claim
 
 
-def _unlock(fd: int, lock_path: Path) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(lock_path)  # while still holding it: see `_lock`
-    os.close(fd)
-
-
 def release(claim: Claim) -> None:
     """Unlock the destination."""
     _HELD.pop(claim.dest, None)
-    _unlock(claim.fd, claim.lock_path)
+    unlock_file(claim.fd, claim.lock_path)
 
 
 @contextlib.contextmanager

@@ -134,6 +134,10 @@ class ProgressBar(Callback):
             self._line(state)
 
     def on_train_end(self, state: TrainState) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the bar (also when an error stops training)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -223,6 +227,8 @@ class Checkpoint(Callback):
     Pass the file to ``train(..., resume_from=path)`` (or the estimator's ``resume_from``)
     to continue: the result equals the uninterrupted run's. Under ``torchrun`` rank 0 writes
     it, with every rank's batch-order generator; resume with the same number of processes.
+    The file is locked while training runs: a second run (or fit) writing the same file
+    fails when it begins, naming the first, rather than interleaving its checkpoints.
     """
 
     def __init__(self, path: str | os.PathLike[str], every: int = 10) -> None:
@@ -231,6 +237,16 @@ class Checkpoint(Callback):
         self.path = Path(path)
         self.every = every
         self._saved_epoch = -1
+        self._lock: Any = None
+
+    def on_train_begin(self, state: TrainState) -> None:
+        from regtorch._lock import PathLock
+
+        self.close()
+        if _rank() == 0:
+            lock = PathLock(self.path, "Checkpoint")
+            lock.acquire()
+            self._lock = lock
 
     def on_epoch_end(self, state: TrainState) -> None:
         from regtorch import distributed
@@ -246,6 +262,16 @@ class Checkpoint(Callback):
         # after Ctrl-C or divergence this is not called: the last clean checkpoint stays
         if self._saved_epoch != state.epoch and state.times:
             self.on_epoch_end(state)
+
+    def close(self) -> None:
+        """Release the file's lock (at the end of training, however it ends)."""
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.release()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Checkpoint:
+        # a copy (sklearn's clone) gets the settings, never the lock
+        return type(self)(copy.deepcopy(self.path, memo), self.every)
 
 
 def _rank() -> int:
@@ -293,12 +319,18 @@ class CSVLogger(Callback):
         self.path = path
         self.append = append
         self._file: Any = None
+        self._lock: Any = None
 
     def on_train_begin(self, state: TrainState) -> None:
+        from regtorch._lock import PathLock
+
         self.close()
         if _rank() != 0:
             return
         path = check_log_file(self.path, "CSVLogger")
+        # two runs appending to one file would interleave their rows: the second is refused
+        self._lock = PathLock(path, "CSVLogger")
+        self._lock.acquire()
         done = len(state.times)  # epochs restored from a checkpoint (0: a fresh run)
         if done:
             _continue_csv(path, state.history(done), self.COLUMNS)
@@ -325,6 +357,9 @@ class CSVLogger(Callback):
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.release()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CSVLogger:
         # a copy (sklearn's clone) gets the settings, never the open file

@@ -146,6 +146,10 @@ class Callback:
     def on_train_end(self, state: TrainState) -> None:
         """Called once after the last epoch (also after Ctrl-C or divergence)."""
 
+    def close(self) -> None:
+        """Release the files and locks the callback holds: called when training ends,
+        however it ends (after ``on_train_end``, and also when an error stops it)."""
+
     def state_dict(self) -> dict[str, Any]:
         """State to keep in checkpoints (tensors and JSON values)."""
         return {}
@@ -279,8 +283,13 @@ def train(
         start = restore(state, resume_from, lr_schedule)
     loop = _Loop(state, make_loss(loss), penalty, lr)
     threads = num_threads if num_threads is not None else _auto_threads(module, batches.batch_size)
-    with _num_threads(threads), _sigterm_as_interrupt():
-        return loop.run(start, tol)
+    try:
+        with _num_threads(threads), _sigterm_as_interrupt():
+            return loop.run(start, tol)
+    finally:
+        for cb in callbacks:
+            if isinstance(cb, Callback):
+                cb.close()
 
 
 def _provider(
