@@ -134,6 +134,12 @@ def test_ctrl_c_releases_the_locks(tmp_path):
     _train([Checkpoint(ck, every=1)], epochs=5, resume_from=ck)
 
 
+def test_a_checkpoint_in_a_new_folder_still_works(tmp_path):
+    path = tmp_path / "new" / "sub" / "c.safetensors"  # saves create the folders, as before
+    _train([Checkpoint(path, every=1)])
+    assert path.is_file() and not (path.parent / ".c.safetensors.lock").exists()
+
+
 def test_copies_never_share_a_held_lock(tmp_path):
     ck = Checkpoint(tmp_path / "c.safetensors", every=2)
     log = CSVLogger(tmp_path / "log.csv")

@@ -244,6 +244,7 @@ class Checkpoint(Callback):
 
         self.close()
         if _rank() == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # as the first save would
             lock = PathLock(self.path, "Checkpoint")
             lock.acquire()
             self._lock = lock
