@@ -4,9 +4,12 @@ stay whole, and the lock never outlives its run (errors, Ctrl-C, kill -9)."""
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import subprocess
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -206,3 +209,141 @@ def test_cli_second_run_on_one_checkpoint_is_refused(tmp_path):
     assert f"another regtorch run (pid {os.getpid()})" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not Path(tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- found in review
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="needs /dev/fd")
+def test_csv_log_to_a_dev_fd_path_still_works():
+    """``--log-csv >(tee log)`` or ``--log-csv /dev/stdout`` name a file in /dev/fd or /dev,
+    where no lock file can be created; the log used to be written, now training is refused
+    ("cannot create its lock file /dev/fd/.N.lock")."""
+    with tempfile.TemporaryFile("w+") as f:
+        path = f"/dev/fd/{f.fileno()}"
+        _train([CSVLogger(path)], epochs=2)
+        f.seek(0)
+        rows = f.read().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["epoch", "1", "2"]
+
+
+def test_a_second_run_writing_the_same_csv_through_a_symlink_is_refused(tmp_path):
+    """The lock is keyed on the path as spelled, so a symbolic link to the file being written
+    gets its own lock: the second run truncates the first one's log and their rows mix."""
+    real = tmp_path / "log.csv"
+    real.write_text("")
+    link = tmp_path / "link.csv"
+    os.symlink(real, link)
+    during = _During(lambda: _train([CSVLogger(link)], epochs=1))
+    _train([CSVLogger(real), during], epochs=3)
+    assert isinstance(during.result, Exception), "the second run was not refused"
+    rows = real.read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["epoch", "1", "2", "3"]
+
+
+def test_one_checkpoint_instance_in_two_concurrent_fits_keeps_the_first_ones_lock(tmp_path):
+    """The same Checkpoint object passed to a second fit while the first runs: its
+    on_train_begin calls close(), releasing (and unlinking) the first fit's lock, then takes
+    a new one; the second fit is not refused and the first runs on without any lock."""
+    path = tmp_path / "c.safetensors"
+    cb = Checkpoint(path, every=1)
+    seen: list[bool] = []
+
+    class _Peek(Callback):
+        def on_epoch_end(self, state):
+            if state.epoch >= 1:  # after the nested fit ended
+                seen.append((tmp_path / ".c.safetensors.lock").exists())
+
+    during = _During(lambda: _train([cb], epochs=1))
+    _train([cb, during, _Peek()], epochs=4)
+    assert isinstance(during.result, Exception), "the second fit was not refused"
+    assert seen and all(seen), "the first fit lost its lock while still writing"
+
+
+class _Every5(Checkpoint):
+    def __init__(self, path):
+        super().__init__(path, every=5)
+
+
+class _Tagged(Checkpoint):
+    def __init__(self, path, every=10, tag="default"):
+        super().__init__(path, every)
+        self.tag = tag
+
+
+def test_checkpoint_subclasses_survive_clone(tmp_path):
+    """Checkpoint.__deepcopy__ rebuilds ``type(self)(path, every)``: a subclass with another
+    signature breaks sklearn's clone (TypeError), one with extra settings loses them. Both
+    worked before the commit (the default deepcopy)."""
+    est = MLPRegressor(callbacks=[_Every5(tmp_path / "a.safetensors")])
+    cb = clone(est).callbacks[0]
+    assert isinstance(cb, _Every5) and cb.every == 5
+    tagged = copy.deepcopy(_Tagged(tmp_path / "b.safetensors", 3, "run1"))
+    assert (tagged.every, tagged.tag) == (3, "run1")
+
+
+def test_a_failed_lock_write_does_not_leave_the_lock_held(tmp_path, monkeypatch):
+    """An OSError after the flock (the pid's write hitting ENOSPC or EDQUOT) leaks the open,
+    locked descriptor: every later fit on that file in this process is refused ("another
+    regtorch run (pid unknown)") although no run is writing it."""
+    path = tmp_path / "c.safetensors"
+    real_pwrite = os.pwrite
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(ValueError):
+        _train([Checkpoint(path, every=1)])
+    monkeypatch.setattr(os, "pwrite", real_pwrite)  # the disk has room again
+    _train([Checkpoint(path, every=1)])
+    assert Path(path).is_file()
+
+
+def test_a_pipe_is_written_without_a_lock():
+    r, w = os.pipe()
+    try:
+        _train([CSVLogger(f"/dev/fd/{w}")], epochs=2)
+        os.close(w)
+        w = -1
+        with os.fdopen(r) as f:
+            r = -1
+            rows = f.read().splitlines()
+    finally:
+        for fd in (r, w):
+            if fd >= 0:
+                os.close(fd)
+    assert [row.split(",")[0] for row in rows] == ["epoch", "1", "2"]
+
+
+def test_a_folder_without_locks_warns_and_writes(tmp_path, monkeypatch):
+    """EACCES (a folder one may not write in, as a non-root user), ENOLCK (a file system
+    without flock): no lock is possible, the file is written as before, with a warning."""
+    import regtorch._lock as lk
+    from regtorch.exceptions import RegtorchWarning
+
+    for code in (errno.EACCES, errno.ENOLCK):
+
+        def refuse(*args, code=code):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(lk, "lock_file", refuse)
+        path = tmp_path / f"log{code}.csv"
+        with pytest.warns(RegtorchWarning, match="cannot lock it"):
+            _train([CSVLogger(path)], epochs=2)
+        assert len(path.read_text().splitlines()) == 3
+
+
+def test_a_callback_whose_close_raises_does_not_keep_the_others_locks(tmp_path):
+    ck = tmp_path / "c.safetensors"
+
+    class _BadClose(Callback):
+        def close(self):
+            raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        _train([_BadClose(), Checkpoint(ck, every=1)])
+    assert not (tmp_path / ".c.safetensors.lock").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train([Checkpoint(ck, every=1)])

@@ -5,22 +5,33 @@ second run fails at once, naming the first's pid. The kernel releases the lock w
 holder dies (``kill -9`` included), and the holder unlinks the lock file before releasing
 it, so a lock file left behind never blocks a later run. Locks taken twice in one process
 (two fits in two threads) conflict too: flock belongs to the open file, not the process.
+
+:class:`PathLock` keys the lock on the file's real path (a symbolic link to it finds the
+same lock). Where no lock can be kept (a pipe or terminal such as ``/dev/stdout``, a folder
+one may not write in, a file system without flock) it goes on without one, with a warning
+for the last two: the file is written as it was before locks existed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["FileLockedError", "PathLock", "lock_file", "unlock_file"]
+__all__ = ["CallbackInUseError", "FileLockedError", "PathLock", "lock_file", "unlock_file"]
 
 
 class FileLockedError(ValueError):
     """Another run is writing the same file."""
+
+
+class CallbackInUseError(FileLockedError):
+    """One callback object passed to two fits running at once."""
 
 
 def lock_file(
@@ -47,14 +58,20 @@ def lock_file(
             os.close(fd)
             raise
         # the holder unlinks the file before releasing it: a lock on an unlinked file is void
+        same = False
         try:
-            same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
-        except FileNotFoundError:
-            same = False
-        if same:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            return fd
+            with contextlib.suppress(FileNotFoundError):
+                same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                return fd
+        except BaseException:  # a full disk, Ctrl-C: never leave the lock held
+            if same:  # the file is ours to remove; otherwise it may be another run's
+                unlock_file(fd, lock_path)
+            else:
+                os.close(fd)
+            raise
         os.close(fd)
     raise fail(f"could not take its lock {lock_path}; try again")
 
@@ -66,6 +83,12 @@ def unlock_file(fd: int, lock_path: Path) -> None:
     os.close(fd)
 
 
+# errors of creating or flocking a lock file that mean "no lock possible here", not tampering
+_NO_LOCK_HERE = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
+)
+
+
 class PathLock:
     """A lock on the file ``target`` (``what`` names it in errors), held from :meth:`acquire`
     to :meth:`release`; both may be called more than once."""
@@ -74,14 +97,30 @@ class PathLock:
         self.target = Path(os.path.abspath(target))
         self.what = what
         self._fd: int | None = None
+        self._lock_path: Path | None = None
 
-    @property
-    def lock_path(self) -> Path:
-        return self.target.parent / f".{self.target.name}.lock"
+    def _where(self) -> Path | None:
+        """The lock file beside the real file, or None where no other run can name it (a
+        pipe, a terminal, an unlinked file reached through /dev/fd)."""
+        try:
+            st = os.stat(self.target)
+        except FileNotFoundError:
+            st = None
+        except OSError:
+            return None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            return None
+        real = Path(os.path.realpath(self.target))
+        if st is not None and not real.exists():
+            return None
+        return real.parent / f".{real.name}.lock"
 
     def acquire(self) -> None:
         """Take the lock, or raise :class:`FileLockedError` naming the run that holds it."""
         if self._fd is not None:
+            return
+        lock_path = self._where()
+        if lock_path is None:
             return
 
         def busy(holder: str) -> FileLockedError:
@@ -99,15 +138,32 @@ class PathLock:
             return FileLockedError(f"{self.what} {self.target}: {reason}.")
 
         try:
-            self._fd = lock_file(self.lock_path, busy, fail)
+            self._fd = lock_file(lock_path, busy, fail)
         except OSError as exc:
-            raise FileLockedError(
-                f"{self.what} {self.target}: cannot create its lock file {self.lock_path} "
-                f"({exc.strerror or exc}); the folder must exist and be writable."
-            ) from exc
+            if exc.errno not in _NO_LOCK_HERE:
+                raise FileLockedError(
+                    f"{self.what} {self.target}: cannot create its lock file {lock_path} "
+                    f"({exc.strerror or exc})."
+                ) from exc
+            from regtorch.exceptions import RegtorchWarning
+
+            warnings.warn(
+                f"{self.what} {self.target}: cannot lock it ({exc.strerror or exc} for "
+                f"{lock_path}); another run writing the same file at once would not be "
+                "detected.",
+                RegtorchWarning,
+                stacklevel=3,
+            )
+            return
+        self._lock_path = lock_path
 
     def release(self) -> None:
         """Release the lock if held."""
-        if self._fd is not None:
+        if self._fd is not None and self._lock_path is not None:
             fd, self._fd = self._fd, None
-            unlock_file(fd, self.lock_path)
+            unlock_file(fd, self._lock_path)
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds its lock now."""
+        return self._fd is not None

@@ -242,7 +242,7 @@ class Checkpoint(Callback):
     def on_train_begin(self, state: TrainState) -> None:
         from regtorch._lock import PathLock
 
-        self.close()
+        _refuse_if_in_use(self, self._lock is not None)
         if _rank() == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)  # as the first save would
             lock = PathLock(self.path, "Checkpoint")
@@ -272,7 +272,29 @@ class Checkpoint(Callback):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Checkpoint:
         # a copy (sklearn's clone) gets the settings, never the lock
-        return type(self)(copy.deepcopy(self.path, memo), self.every)
+        return _copy_settings(self, memo, ("_lock",))
+
+
+def _refuse_if_in_use(cb: Checkpoint | CSVLogger, in_use: bool) -> None:
+    """One callback object in two fits at once would write one file from both: refused.
+    (``train`` closes its callbacks however it ends, so a held file means a running fit.)"""
+    if in_use:
+        from regtorch._lock import CallbackInUseError
+
+        raise CallbackInUseError(
+            f"{type(cb).__name__} {cb.path} is being written by another fit in this process "
+            "(this callback object is in use); give each fit its own callback and file."
+        )
+
+
+def _copy_settings(cb: Any, memo: dict[int, Any], handles: tuple[str, ...]) -> Any:
+    """A deep copy of ``cb`` whose open ``handles`` (files, locks) are None: a copy (sklearn's
+    clone) gets the settings, subclasses' included, never what the original holds."""
+    new = copy.copy(cb)
+    memo[id(cb)] = new
+    for key, value in vars(cb).items():
+        setattr(new, key, None if key in handles else copy.deepcopy(value, memo))
+    return new
 
 
 def _rank() -> int:
@@ -325,7 +347,7 @@ class CSVLogger(Callback):
     def on_train_begin(self, state: TrainState) -> None:
         from regtorch._lock import PathLock
 
-        self.close()
+        _refuse_if_in_use(self, self._file is not None or self._lock is not None)
         if _rank() != 0:
             return
         path = check_log_file(self.path, "CSVLogger")
@@ -364,7 +386,7 @@ class CSVLogger(Callback):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CSVLogger:
         # a copy (sklearn's clone) gets the settings, never the open file
-        return type(self)(copy.deepcopy(self.path, memo), self.append)
+        return _copy_settings(self, memo, ("_file", "_lock"))
 
 
 def _csv_row(epoch: int, train: float, val: float | None, lr: float, seconds: float) -> str:
@@ -467,7 +489,7 @@ class TensorBoardLogger(Callback):
             self._writer = None
 
     def __deepcopy__(self, memo: dict[int, Any]) -> TensorBoardLogger:
-        return type(self)(copy.deepcopy(self.logdir, memo))
+        return _copy_settings(self, memo, ("_writer",))
 
 
 def summary_writer() -> Any:

@@ -287,9 +287,21 @@ def train(
         with _num_threads(threads), _sigterm_as_interrupt():
             return loop.run(start, tol)
     finally:
-        for cb in callbacks:
-            if isinstance(cb, Callback):
+        _close_all(loop.begun)
+
+
+def _close_all(callbacks: Sequence[Callback]) -> None:
+    """``close()`` every callback, even when one of them raises (the first error is raised
+    after all are closed): none keeps a file or lock after training."""
+    error: Exception | None = None
+    for cb in callbacks:
+        if isinstance(cb, Callback):
+            try:
                 cb.close()
+            except Exception as exc:  # noqa: BLE001 - re-raised below
+                error = error or exc
+    if error is not None:
+        raise error
 
 
 def _provider(
@@ -402,6 +414,9 @@ class _Loop:
         lr: float,
     ) -> None:
         self.state, self.loss_fn, self.penalty, self.lr = state, loss_fn, penalty, lr
+        # callbacks this run began (closed when it ends): not one that refused to begin
+        # because another fit is using it, whose files are that fit's to close
+        self.begun: list[Callback] = []
         self.batches = state.batches
         self.module = state.module
         self.model: nn.Module = self.module
@@ -523,8 +538,17 @@ class _Loop:
 
     def run(self, start: int, tol: float | None) -> History:
         state, params = self.state, self.params
+        from regtorch._lock import CallbackInUseError
+
         for cb in state.callbacks:
-            cb.on_train_begin(state)
+            try:
+                cb.on_train_begin(state)
+            except CallbackInUseError:
+                raise
+            except BaseException:
+                self.begun.append(cb)  # it may hold what it took before failing
+                raise
+            self.begun.append(cb)
         self.done = start
         self.restore = self.cand  # the weights of the last completed epoch, for Ctrl-C
         interrupted = False
