@@ -367,3 +367,33 @@ def test_one_pass_fold_moments_equal_each_folds_own_rows(weighted, threads, monk
         r = (ref.scale / got.scale).numpy()
         np.testing.assert_allclose(got.mean.numpy() * r, ref.mean.numpy(), rtol=1e-12)
         np.testing.assert_allclose(got.C.numpy() * np.outer(r, r), ref.C.numpy(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_streamed_fold_update_equals_each_folds_own_rows(order, weighted):
+    # the streamed pass gathers each batch's folds column by column into one reused buffer:
+    # batches of either memory order and of growing size, rows of fold -1 (held-out test
+    # rows) skipped, weights carried with their rows
+    from regtorch.linear.folds import _update_by_fold
+    from regtorch.linear.moments import MomentState
+
+    rng = np.random.default_rng(11)
+    Z = np.asarray(np.column_stack([X, Y]), order=order)
+    w = W if weighted else None
+    folds = rng.integers(-1, 4, size=N)
+    states, work = [MomentState() for _ in range(4)], []
+    for a, b in [(0, 40), (40, 300), (300, N)]:  # the second batch outgrows the buffer
+        wb = None if w is None else w[a:b]
+        _update_by_fold(states, Z[a:b], wb, folds[a:b], work)
+    for k, got in enumerate(states):
+        rows = np.flatnonzero(folds == k)
+        ref = MomentState()
+        ref.update(
+            torch.from_numpy(np.ascontiguousarray(Z[rows])),
+            None if w is None else torch.from_numpy(w[rows]),
+        )
+        assert got.rows == ref.rows and got.n == pytest.approx(ref.n, rel=1e-14)
+        r = (ref.scale / got.scale).numpy()
+        np.testing.assert_allclose(got.mean.numpy() * r, ref.mean.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(got.C.numpy() * np.outer(r, r), ref.C.numpy(), rtol=1e-9)

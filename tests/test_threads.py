@@ -48,16 +48,16 @@ def test_two_thread_peaks_and_fit_equal_one_thread(monkeypatch):
     X = rng.normal(size=(5000, 4)) * [1.0, 1e3, 1e-3, 5.0]
     X[4321, 2] = -7.0
     y = X @ [1.0, 2.0, 3.0, 4.0] + rng.normal(size=5000)
-    one = base._abs_peaks(X)
+    one = base.abs_peaks(X)
     fit1 = LinearRegression(solver="cholesky").fit(X, y)
     monkeypatch.setattr(base, "_PARALLEL_PEAK_SIZE", 0)
     import regtorch.linear.solvers as solvers
 
     monkeypatch.setattr(solvers, "PARALLEL_GRAM_SIZE", 0)
-    np.testing.assert_array_equal(base._abs_peaks(X), one)
+    np.testing.assert_array_equal(base.abs_peaks(X), one)
     assert one[2] == 7.0
     fit2 = LinearRegression(solver="cholesky").fit(X, y)
     np.testing.assert_allclose(fit2.coef_, fit1.coef_, rtol=1e-12)
     Xn = X.copy()
     Xn[10, 1] = np.nan
-    assert np.isnan(base._abs_peaks(Xn)[1])
+    assert np.isnan(base.abs_peaks(Xn)[1])

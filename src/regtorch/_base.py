@@ -15,6 +15,7 @@ from regtorch._threads import map_halves
 from regtorch._validation import column_peaks, resolve_device
 
 __all__ = [
+    "abs_peaks",
     "check_gram_range",
     "check_param",
     "data_fingerprint",
@@ -96,11 +97,11 @@ def validate_fit_data(
     )
     y_1d = y.ndim == 1
     y2 = y.reshape(-1, 1) if y_1d else y
-    top_x = _abs_peaks(X)
+    top_x = abs_peaks(X)
     if not np.isfinite(top_x).all():
         assert_all_finite(X, input_name="X", estimator_name=type(est).__name__)
     _check_magnitude(top_x, X.shape[0], "X", getattr(est, "feature_names_in_", None))
-    top_y = _abs_peaks(np.asarray(y2, dtype=np.float64))
+    top_y = abs_peaks(np.asarray(y2, dtype=np.float64))
     if not np.isfinite(top_y).all():
         assert_all_finite(y2, input_name="y", estimator_name=type(est).__name__)
     _check_magnitude(top_y, X.shape[0], "y", None)
@@ -121,7 +122,7 @@ _PEAK_BLOCK_ROWS = 8192
 _PARALLEL_PEAK_SIZE = 4_000_000
 
 
-def _abs_peaks(A: np.ndarray) -> np.ndarray:
+def abs_peaks(A: np.ndarray) -> np.ndarray:
     """``max |A[:, j]|`` per column in one pass (NaN where a column holds NaN); large arrays
     in two halves on two threads (numpy releases the GIL; the maximum is exact, so the
     result does not depend on the split)."""
@@ -207,7 +208,7 @@ def data_fingerprint(
     Xn = np.asarray(to_numpy_input(X), dtype=np.float64)
     yn = np.asarray(to_numpy_input(y), dtype=np.float64).reshape(len(Xn), -1)
     top = (
-        np.concatenate([_abs_peaks(Xn), _abs_peaks(yn)])
+        np.concatenate([abs_peaks(Xn), abs_peaks(yn)])
         if peaks is None
         else np.asarray(to_numpy_input(peaks), dtype=np.float64)
     )

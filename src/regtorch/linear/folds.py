@@ -156,16 +156,38 @@ def _merge_ranks(states: list[MomentState], m: int) -> list[MomentState]:
 
 
 def _update_by_fold(
-    states: list[MomentState], Z: np.ndarray, w: np.ndarray | None, folds: np.ndarray
+    states: list[MomentState],
+    Z: np.ndarray,
+    w: np.ndarray | None,
+    folds: np.ndarray,
+    work: list[np.ndarray] | None = None,
 ) -> None:
-    """Add each row of ``Z`` to its fold's state (fold -1: dropped)."""
-    order = np.argsort(folds, kind="stable")
+    """Add each row of ``Z`` to its fold's state (fold -1: dropped).
+
+    Each fold's rows are gathered column by column into a column-major array (a batch
+    comes column-major from Arrow), whose column peaks then cost little: the scaling
+    needs them, and finding them row-wise cost more than the folds' Grams. ``work``
+    (``[array]``, kept by the caller across batches) holds the reused gather buffer: a
+    fresh one per fold and batch would be page-faulted in every time.
+    """
+    small = len(states) < 127  # stable sorts of 8-bit labels are radix sorts
+    order = np.argsort(folds.astype(np.int8) if small else folds, kind="stable")
     bounds = np.searchsorted(folds[order], np.arange(len(states) + 1) - 0.5)
+    Zf = np.asarray(Z, dtype=np.float64)
+    m = Zf.shape[1]
+    work = work if work is not None else []
+    if not work or work[0].size < Zf.size:
+        work[:] = [np.empty(Zf.size)]
     for k, state in enumerate(states):
         idx = order[bounds[k] : bounds[k + 1]]
-        if len(idx):
-            wk = None if w is None else torch.from_numpy(np.asarray(w, dtype=np.float64)[idx])
-            state.update(torch.from_numpy(np.ascontiguousarray(Z[idx])), wk)
+        if not len(idx):
+            continue
+        part = work[0][: len(idx) * m].reshape(m, len(idx)).T  # column-major view
+        for j in range(m):
+            np.take(Zf[:, j], idx, out=part[:, j])
+        top = torch.from_numpy(np.maximum(part.max(0), -part.min(0)))
+        wk = None if w is None else torch.from_numpy(np.asarray(w, dtype=np.float64)[idx])
+        state.update(torch.from_numpy(part), wk, top)
 
 
 def cv_states(
@@ -200,12 +222,13 @@ def cv_states(
     total = None if source.n_rows is None else source.n_rows // world
     bar = Progress(total, progress and rank == 0, "cross-validation pass")
     seen = 0
+    work: list[np.ndarray] = []
     # one torch thread: pyarrow's decoding threads keep the other cores busy (as streamed fits)
     with _reading_threads():
         try:
             for b in prefetch(source.batches(missing)):
                 folds = fold_of(b.rows, seed, n_folds, test_fraction)
-                _update_by_fold(states, b.Z, getattr(b, "w", None), folds)
+                _update_by_fold(states, b.Z, getattr(b, "w", None), folds, work)
                 seen += len(b.rows)
                 bar.update(len(b.rows))
         finally:
