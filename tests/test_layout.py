@@ -62,3 +62,23 @@ def test_no_import_cycle_between_modules():
 
     for node in graph:
         visit(node, [])
+
+
+def test_no_module_over_600_lines_and_no_function_over_80():
+    """The size limits the engine issue set (a module or function past them is split)."""
+    import ast
+    from pathlib import Path
+
+    import regtorch
+
+    too_long = []
+    for path in sorted(Path(regtorch.__file__).parent.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > 600:
+            too_long.append(f"{path.name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 80:
+                    too_long.append(f"{path.name}:{node.lineno} {node.name}: {n} lines")
+    assert not too_long, too_long

@@ -103,9 +103,9 @@ def _resident_after_start_up() -> int:
     import pyarrow.parquet  # noqa: F401
 
     import regtorch.linear.estimators  # noqa: F401
-    from regtorch.nn.loop import _num_threads
+    from regtorch._threads import torch_threads
 
-    with _num_threads(1):
+    with torch_threads(1):
         torch.linalg.qr(torch.eye(8, dtype=torch.float64), mode="r")
     return _resident_bytes()
 

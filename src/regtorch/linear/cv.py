@@ -19,10 +19,10 @@ import torch
 from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
 
 from regtorch._base import check_gram_range, check_param, validate_fit_data
+from regtorch._threads import torch_threads
 from regtorch.linear.estimators import _LinearBase
 from regtorch.linear.folds import FoldStates, cv_states, fold_states_in_memory
 from regtorch.linear.moments import BatchSource
-from regtorch.nn.loop import _num_threads
 
 __all__ = [
     "ElasticNetCV",
@@ -194,7 +194,7 @@ class ElasticNetCV(_LinearBase):
         peaks = check_gram_range(self, Xt, yt, peaks)
         # one torch thread: the pass runs in numpy's BLAS, the paths are small torch ops,
         # and torch's OpenMP threads would spin against OpenBLAS's (4 ms per tiny matmul)
-        with _num_threads(1):
+        with torch_threads(1):
             states = fold_states_in_memory(
                 Xt.cpu(),
                 yt.cpu(),

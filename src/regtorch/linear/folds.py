@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from regtorch import distributed
-from regtorch._threads import map_halves
+from regtorch._threads import map_halves, reading_threads
 from regtorch._validation import column_peaks
 from regtorch.data.prefetch import Progress, prefetch
 from regtorch.data.readers import DataError
@@ -25,7 +25,6 @@ from regtorch.data.split import fold_of
 from regtorch.linear.moments import BatchSource, MomentState
 from regtorch.linear.solvers import GramState
 from regtorch.linear.streamed import _stream_gram
-from regtorch.nn.loop import _reading_threads
 
 __all__ = ["FoldStates", "cv_states", "fold_states_in_memory"]
 
@@ -224,7 +223,7 @@ def cv_states(
     seen = 0
     work: list[np.ndarray] = []
     # one torch thread: pyarrow's decoding threads keep the other cores busy (as streamed fits)
-    with _reading_threads():
+    with reading_threads():
         try:
             for b in prefetch(source.batches(missing)):
                 folds = fold_of(b.rows, seed, n_folds, test_fraction)

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from regtorch import distributed
+from regtorch._threads import reading_threads
 from regtorch._validation import column_peaks
 from regtorch.data.prefetch import Progress, prefetch
-from regtorch.nn.loop import _reading_threads
 
 __all__ = ["BatchSource", "MomentState"]
 
@@ -313,7 +313,7 @@ def _accumulate(
     total = None if source.n_rows is None else source.n_rows // world
     bar = Progress(total, progress and rank == 0, desc)
     # one torch thread: pyarrow's decoding threads keep the other cores busy (measured faster)
-    with _reading_threads():
+    with reading_threads():
         return _accumulate_loop(source, keep, missing, state, bar)
 
 

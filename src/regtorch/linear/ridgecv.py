@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from regtorch._base import check_param, validate_fit_data
+from regtorch._threads import torch_threads
 from regtorch.linear.estimators import _LinearBase
 from regtorch.linear.loo import loo_fit, ridge_path
-from regtorch.nn.loop import _num_threads
 
 __all__ = ["RidgeCV", "RidgeCVFit"]
 
@@ -217,12 +217,12 @@ class RidgeCV(_LinearBase):
         if self.cv is None:
             # one torch thread beside numpy's BLAS pool on the CPU: the pass's GEMMs run in
             # numpy, and two pools of spinning threads on the same cores slow each other
-            with _num_threads(1 if Xt.device.type == "cpu" else None):
+            with torch_threads(1 if Xt.device.type == "cpu" else None):
                 fit = loo_fit(self, Xt, yt, sw, alphas, y_1d, peaks)
         else:
             from regtorch.linear.folds import fold_states_in_memory
 
-            with _num_threads(1):  # as in LassoCV: numpy's BLAS pass, then small torch ops
+            with torch_threads(1):  # as in LassoCV: numpy's BLAS pass, then small torch ops
                 states = fold_states_in_memory(
                     Xt,
                     yt,

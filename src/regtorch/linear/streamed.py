@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from regtorch import distributed
+from regtorch._threads import reading_threads
 from regtorch.data.prefetch import prefetch
 from regtorch.data.readers import DataError
 from regtorch.data.split import hash01
 from regtorch.exceptions import IllConditionedWarning, RankWarning
 from regtorch.linear.moments import BatchSource, MomentState, _accumulate, kept_rows
-from regtorch.nn.loop import _reading_threads
 
 __all__ = ["stream_fit_linear"]
 
@@ -67,7 +67,7 @@ def _tsqr(
     s = torch.ones(m, dtype=torch.float64) if scale is None else scale
     R = torch.zeros(0, m, dtype=torch.float64)
     mom = None
-    with _reading_threads():
+    with reading_threads():
         for b in prefetch(source.batches(missing)):
             Z, w = kept_rows(b, keep)
             if len(Z):

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from regtorch import distributed
+from regtorch._threads import torch_threads
 from regtorch.nn.batches import WeightedLoss
 from regtorch.nn.history import History
 from regtorch.nn.optim import (  # noqa: F401
@@ -174,31 +175,6 @@ def init_module(module: nn.Module, seed: int) -> nn.Module:
     return module
 
 
-@contextlib.contextmanager
-def _num_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op threads (restored on exit)."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-@contextlib.contextmanager
-def _reading_threads() -> Iterator[None]:
-    """One compute thread (torch's and the BLAS pools, e.g. numpy's OpenBLAS) while a
-    reader decodes: pyarrow's threads keep the other cores busy, and more compute threads
-    only spin against them (measured slower on 2 cores)."""
-    from regtorch._threads import blas_one_thread
-
-    with _num_threads(1), blas_one_thread():
-        yield
-
-
 def _auto_threads(module: nn.Module, batch_rows: int) -> int | None:
     """One thread for tiny steps: thread start-up costs more than it saves there."""
     n_params = sum(p.numel() for p in module.parameters())
@@ -283,8 +259,14 @@ def train(
         start = restore(state, resume_from, lr_schedule)
     loop = _Loop(state, make_loss(loss), penalty, lr)
     threads = num_threads if num_threads is not None else _auto_threads(module, batches.batch_size)
+    return _run_closing(loop, threads, start, tol)
+
+
+def _run_closing(loop: _Loop, threads: int | None, start: int, tol: float | None) -> History:
+    """Run the loop with ``threads`` torch threads; close the callbacks it began however
+    it ends."""
     try:
-        with _num_threads(threads), _sigterm_as_interrupt():
+        with torch_threads(threads), _sigterm_as_interrupt():
             return loop.run(start, tol)
     finally:
         _close_all(loop.begun)
