@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from regtorch import distributed
+from regtorch._base import abs_peaks
 from regtorch._threads import map_halves, reading_threads
 from regtorch._validation import column_peaks
 from regtorch.data.prefetch import Progress, prefetch
@@ -184,7 +185,7 @@ def _update_by_fold(
         part = work[0][: len(idx) * m].reshape(m, len(idx)).T  # column-major view
         for j in range(m):
             np.take(Zf[:, j], idx, out=part[:, j])
-        top = torch.from_numpy(np.maximum(part.max(0), -part.min(0)))
+        top = torch.from_numpy(abs_peaks(part))
         wk = None if w is None else torch.from_numpy(np.asarray(w, dtype=np.float64)[idx])
         state.update(torch.from_numpy(part), wk, top)
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from regtorch import distributed
+from regtorch._base import abs_peaks
 from regtorch._threads import reading_threads
 from regtorch._validation import column_peaks
 from regtorch.data.prefetch import Progress, prefetch
@@ -212,7 +213,7 @@ def _peaks(Z: Any) -> np.ndarray:
     """``max |value|`` per column of a numpy array or a pair of column blocks."""
     if isinstance(Z, tuple):
         return np.concatenate([_peaks(a) for a in Z])
-    return np.maximum(Z.max(0), -Z.min(0))
+    return abs_peaks(Z)
 
 
 def _rows(Z: Any) -> int:
