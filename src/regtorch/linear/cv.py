@@ -291,8 +291,8 @@ class ElasticNetCV(_LinearBase):
             )
         auto = isinstance(self.alphas, numbers.Integral) and not isinstance(self.alphas, bool)
         self._set_fitted(
-            torch.as_tensor(coef_path[j]).reshape(-1, 1),
-            torch.as_tensor([float(b0[j])]),
+            torch.as_tensor(coef_path[j], dtype=torch.float64).reshape(-1, 1),
+            torch.tensor([float(b0[j])], dtype=torch.float64),
             alphas=np.squeeze(grids) if auto else grids[0],
             mse_path=np.squeeze(mse),
             alpha=alpha,
