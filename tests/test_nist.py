@@ -199,7 +199,12 @@ def test_fallbacks_on_filip_are_visible(parquet_dir):
     assert "Solver: extended (fallback from svd" in str(m.summary())
     with pytest.warns(UserWarning, match="fallback from cholesky"):
         m = LinearRegression(solver="cholesky").fit(X, y)
-    assert m.solver_.startswith("qr (fallback from cholesky: scaled Gram condition number")
+    # condition ~1e17: whether Cholesky breaks down or merely exceeds the limit depends on
+    # the BLAS kernel (AVX2 breaks down); either way the fallback is named
+    assert re.match(
+        r"qr \(fallback from cholesky: scaled Gram (condition number|not positive definite)",
+        m.solver_,
+    ), m.solver_
     assert "fallback from cholesky" in str(m.summary())
     est = LinearRegression()
     with pytest.warns(UserWarning, match="fallback from streaming-tsqr"):

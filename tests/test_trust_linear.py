@@ -77,6 +77,37 @@ def test_constant_to_float64_column_is_rank_deficient_and_the_other_coefficient_
             assert any(issubclass(r.category, RankWarning) for r in rec)
 
 
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("LinearRegression", {}),
+        ("Lasso", {"alpha": 0.01}),
+        ("ElasticNet", {"alpha": 0.01}),
+        ("RidgeCV", {"alphas": [0.1, 1.0, 10.0]}),  # leave-one-out: the Gram's spectrum
+    ],
+)
+def test_a_small_spread_on_a_large_mean_is_a_feature_not_a_constant(name, kw):
+    # spread 1e-6 x the mean at 20,000 rows: float64 holds ten digits of it; a constant
+    # test of sqrt(n eps) x the mean once zeroed this column (coefficient 0, no warning)
+    rng = np.random.default_rng(0)
+    n = 20_000
+    X = np.column_stack([rng.normal(size=n), 1e6 + rng.normal(size=n)])
+    y = X[:, 0] + 2.0 * (X[:, 1] - 1e6) + rng.normal(size=n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RankWarning)
+        m = getattr(regtorch, name)(**kw).fit(X, y)
+    ref = getattr(sk, name)(**kw).fit(X, y)
+    np.testing.assert_allclose(m.coef_, ref.coef_, rtol=1e-7)
+    assert m.coef_[1] == pytest.approx(2.0, abs=0.02)
+    if name == "RidgeCV":
+        assert m.best_score_ == pytest.approx(ref.best_score_, rel=1e-8)
+    # the same column exactly constant is still found constant
+    X[:, 1] = 1e6
+    with pytest.warns(RankWarning) if name == "LinearRegression" else warnings.catch_warnings():
+        m = getattr(regtorch, name)(**kw).fit(X, y)
+    assert m.coef_[1] == 0.0
+
+
 @pytest.mark.parametrize("Est", [Lasso, ElasticNet])
 def test_penalised_models_on_extreme_scales_match_sklearn_or_refuse(Est):
     kw = {"alpha": 0.01}

@@ -222,13 +222,18 @@ def gram_of_moments(
     scale, W = state.scale, float(state.n)
     outer = torch.outer(scale, scale)
     C, mean = state.C / outer, state.mean / scale  # data units (inf where they overflow)
-    raw = C.diagonal() + W * mean.square()
     if not fit_intercept:
         C = C + W * torch.outer(mean, mean)
         mean = torch.zeros_like(mean)
     G, Xty, yty = C[:p, :p].clone(), C[:p, p:].clone(), C[p:, p:].diagonal().clone()
     if fit_intercept:
-        const = G.diagonal() <= raw[:p] * (max(state.rows, 1) * torch.finfo(G.dtype).eps)
+        # scikit-learn's _is_constant_feature bound (its n * eps * var term matters only past
+        # 4.5e15 rows): the spread is at most what rounding leaves of the mean. The moments
+        # are centred blocks merged by Chan's formula, so a genuine spread of 1e-6 x the
+        # mean keeps its digits (sqrt(n eps) x the mean, the bound of a raw-sum Gram, would
+        # drop such a column at 20,000 rows)
+        spread = (G.diagonal() / W).sqrt()
+        const = spread <= mean[:p].abs() * (max(state.rows, 1) * torch.finfo(G.dtype).eps)
         if bool(const.any()):
             G[const, :] = 0.0
             G[:, const] = 0.0
