@@ -96,6 +96,7 @@ def test_agrees_with_sklearn_options_and_overlapping_splits(params):
         np.testing.assert_allclose(a.mse_path_, b.mse_path_, rtol=1e-6)
         np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-6, atol=1e-6)
 
+
 @pytest.mark.parametrize("kind", list(PAIRS))
 def test_intercept_keeps_float64_precision_under_a_large_offset(kind):
     # the intercept was once stored through a float32 tensor: 1e7 + 0.29 became 1e7 + 0.0
@@ -108,7 +109,6 @@ def test_intercept_keeps_float64_precision_under_a_large_offset(kind):
     _same_choice(a, b)
     assert a.intercept_ == pytest.approx(b.intercept_, rel=1e-13)
     np.testing.assert_allclose(a.predict(Xd), b.predict(Xd), rtol=1e-13)
-
 
 
 def test_heldout_mse_and_training_states_are_exact():

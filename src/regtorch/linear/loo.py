@@ -3,12 +3,16 @@
 Two passes over the rows in memory: one for the centred weighted Gram (the engine's
 moments), eigendecomposed once for every alpha, and one for each row's leverage and residual
 under every alpha (GEMMs on blocks of rows, on two threads for large data), reduced in row
-order. The same ``alpha_``, scores and ``cv_results_`` as scikit-learn's "GCV mode".
+order. The same ``alpha_``, scores and ``cv_results_`` as scikit-learn's "GCV mode" where
+that is exact; where column scales differ by orders of magnitude (its eigendecomposition
+then loses the small columns' digits) the coefficients, residuals and leverages come from
+equilibrated Cholesky factors per alpha instead, and stay exact.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +32,8 @@ LOO_BLOCK_ROWS = 4_096
 PARALLEL_LOO_SIZE = 4_000_000
 # leave-one-out with n_samples <= n_features eigendecomposes the n x n Gram: bounded here
 GRAM_MAX_ROWS = 20_000
+# leverages from an equilibrated Cholesky per alpha where it gains this much conditioning
+EQUILIBRATION_GAIN = 1e4
 
 
 @dataclass
@@ -83,9 +89,30 @@ def _eig_coefs(
 
 
 def ridge_path(G: torch.Tensor, Xty: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
-    """``(G + alpha I)^-1 Xty`` for every alpha from one eigendecomposition: (n_alphas, p, k)."""
-    L, V = _eigh(G)
-    return _eig_coefs(L, V, V.mT @ Xty, alphas)
+    """``(G + alpha I)^-1 Xty`` for every alpha: (n_alphas, p, k).
+
+    A Cholesky factor per alpha of the equilibrated system ``D (G + alpha I) D`` (``D`` its
+    diagonal's inverse square root), with two steps of refinement: exact to the system's
+    own conditioning when the columns' scales differ by orders of magnitude, where one
+    eigendecomposition of the unscaled Gram loses the small columns' digits (1e-4 at a
+    scale ratio of 1e6). A singular system (alpha 0, rank-deficient Gram) gets the
+    eigendecomposition's minimum-norm solution.
+    """
+    na, p = alphas.shape[0], G.shape[0]
+    A = G.unsqueeze(0) + alphas[:, None, None] * torch.eye(p, dtype=G.dtype, device=G.device)
+    d = A.diagonal(dim1=-2, dim2=-1)
+    D = torch.where(d > 0, d.clamp_min(torch.finfo(G.dtype).tiny).rsqrt(), 1.0)  # (na, p)
+    B = Xty.unsqueeze(0).expand(na, -1, -1)
+    Lf, info = torch.linalg.cholesky_ex(A * D[:, :, None] * D[:, None, :])
+    coefs = D[:, :, None] * torch.cholesky_solve(D[:, :, None] * B, Lf)
+    for _ in range(2):  # refinement on the unscaled system
+        r = B - A @ coefs
+        coefs = coefs + D[:, :, None] * torch.cholesky_solve(D[:, :, None] * r, Lf)
+    bad = (info != 0) | ~torch.isfinite(coefs).flatten(1).all(1)
+    if bool(bad.any()):
+        L, V = _eigh(G)
+        coefs[bad] = _eig_coefs(L, V, V.mT @ Xty, alphas[bad])
+    return coefs
 
 
 def _eigh(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,9 +139,13 @@ class _Spectrum:
     to_coef: torch.Tensor | None = None  # (p, r) Xw'U ("gram")
     # centre rows inside the GEMM: no column's mean exceeds its spread (no cancellation)
     center_in_gemm: bool = False
+    gram: tuple[torch.Tensor, torch.Tensor] | None = None  # (G, Xty) of "cov" from moments
 
     def coefs(self, alphas: torch.Tensor) -> torch.Tensor:
-        """Ridge coefficients ``(n_alphas, p, k)``."""
+        """Ridge coefficients ``(n_alphas, p, k)``: from the Gram by :func:`ridge_path`
+        where there is one (exact when column scales differ widely), else the spectrum's."""
+        if self.gram is not None:
+            return ridge_path(*self.gram, alphas)
         basis = self.basis if self.to_coef is None else self.to_coef
         return _eig_coefs(self.L, basis, self.proj, alphas)
 
@@ -133,7 +164,8 @@ def _spectrum(
         gs = gram_state(X, y, sw, fit_intercept, top=peaks)
         L, V = _eigh(gs.G)
         small = bool((gs.X_offset.square() * gs.weight_sum <= gs.G.diagonal()).all())
-        return _Spectrum("cov", L, V, V.mT @ gs.Xty, gs.X_offset, gs.y_offset, None, small)
+        proj = V.mT @ gs.Xty
+        return _Spectrum("cov", L, V, proj, gs.X_offset, gs.y_offset, None, small, (gs.G, gs.Xty))
     if n <= p and n > GRAM_MAX_ROWS:
         raise ValueError(
             f"RidgeCV(cv=None) with n_samples={n} <= n_features={p} eigendecomposes the "
@@ -167,32 +199,81 @@ def _loo_blocks(
     if sp.kind == "gram":
         yield per_block(0, _loo_gram(X, y, sw, sp, alphas, fit_intercept, weight_sum))
         return
-    # residual / (1 - leverage), leverage = w_i/W + w_i P_i' diag(1 / (L + alpha)) P_i
+    # residual / (1 - leverage), leverage = w_i/W + w_i P_i' diag(1 / (L + alpha)) P_i;
+    # the residuals from the rows and ridge_path's coefficients, not the spectrum: its
+    # small directions carry the eigendecomposition's error when column scales differ
     D = 1.0 / (sp.L[:, None] + alphas[None, :])  # (p, n_alphas)
-    BD = (sp.proj[:, None, :] * D[:, :, None]).reshape(p, na * k)
+    BD = sp.coefs(alphas).permute(1, 0, 2).reshape(p, na * k)  # (p, n_alphas * k)
     mV = (sp.X_offset @ sp.basis)[None, :]  # (1, p)
-    # 1 - leverage for unweighted rows: 1 - 1/W - P^2 D in one GEMM
-    base = X.new_full((1, na), 1.0 - (1.0 / weight_sum if fit_intercept else 0.0))
-    if X.device.type == "cpu":  # numpy: one BLAS pool for every GEMM of the pass
-        share = 1.0 / weight_sum if fit_intercept else 0.0
-        yield from _loo_blocks_numpy(X, y, sw, sp, D, BD, mV, share, per_block)
+    exact = _exact_leverages(sp, alphas)
+    share = 1.0 / weight_sum if fit_intercept else 0.0
+    if _numpy_pass(X):  # numpy: one BLAS pool for every GEMM of the pass
+        yield from _loo_blocks_numpy(X, y, sw, sp, D, BD, mV, share, exact, per_block)
         return
     for i in range(0, n, LOO_BLOCK_ROWS):
         Xb = X[i : i + LOO_BLOCK_ROWS]
-        if sp.center_in_gemm:  # (x - m)'V = x'V - m'V: no centred copy of the block
-            P = torch.addmm(mV, Xb, sp.basis, beta=-1.0)
-        else:
-            P = (Xb - sp.X_offset) @ sp.basis  # (r, p)
-        if sw is None:
-            keep = torch.addmm(base, P.square(), D, alpha=-1.0)  # (r, n_alphas)
-        else:
-            lev = P.square() @ D
-            if fit_intercept:
-                lev += 1.0 / weight_sum
-            keep = lev.mul_(sw[i : i + LOO_BLOCK_ROWS, None]).neg_().add_(1.0)
+        Xc = None if sp.center_in_gemm else Xb - sp.X_offset
+
+        def times(M: torch.Tensor, Xb: torch.Tensor = Xb, Xc: Any = Xc) -> torch.Tensor:
+            """``(Xb - m) @ M``; (x - m)'M = x'M - m'M: no centred copy of the block."""
+            if Xc is not None:
+                return Xc @ M
+            return torch.addmm(sp.X_offset[None, :] @ M, Xb, M, beta=-1.0)
+
+        P, fit = times(sp.basis), times(BD)  # (r, p), (r, n_alphas * k)
+        lev = P.square() @ D  # (r, n_alphas)
+        for a, M in exact:
+            lev[:, a] = times(M).square().sum(1)
+        lev += share  # the intercept's 1/W
+        if sw is not None:
+            lev *= sw[i : i + LOO_BLOCK_ROWS, None]
+        keep = lev.neg_().add_(1.0)  # 1 - leverage
         yc = y[i : i + LOO_BLOCK_ROWS] - sp.y_offset  # (r, k)
-        e = torch.addmm(yc if k == 1 else yc.repeat(1, na), P, BD, alpha=-1.0)
+        e = (yc if k == 1 else yc.repeat(1, na)) - fit
         yield per_block(i, e.reshape(-1, na, k).div_(keep.unsqueeze(2)))
+
+
+def _numpy_pass(X: torch.Tensor) -> bool:
+    """Whether the leave-one-out pass runs in numpy (CPU tensors)."""
+    return X.device.type == "cpu"
+
+
+def _exact_leverages(sp: _Spectrum, alphas: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """``(index, M)`` for each alpha whose leverages the spectrum would give inexactly.
+
+    Where the unscaled system's condition number exceeds the equilibrated one's by more
+    than ``EQUILIBRATION_GAIN`` (column scales far apart), the eigendecomposition's error
+    in the small directions reaches the leverages. There ``M = D L^-T`` from the Cholesky
+    factor of ``D (G + alpha I) D = L L'`` gives ``x'(G + alpha I)^-1 x = ||x'M||^2`` to the
+    equilibrated system's conditioning, at ``p^2`` more multiply-adds per row.
+    """
+    if sp.gram is None or sp.L.numel() == 0:
+        return []
+    G = sp.gram[0]
+    eye = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+    lmax, lmin = float(sp.L.max()), float(sp.L.min())
+    out = []
+    for a, alpha in enumerate(alphas.tolist()):
+        A = G + alpha * eye
+        d = A.diagonal()
+        if not bool((d > 0).all()):
+            continue  # a zero row: singular, the spectrum's minimum-norm leverages
+        Dv = d.rsqrt()
+        S = A * Dv[:, None] * Dv[None, :]
+        ls = np.linalg.eigvalsh(S.cpu().numpy())
+        if ls[0] <= 0:
+            continue  # singular after equilibration too
+        # the spectrum's smallest eigenvalue may come out negative (its error is eps x the
+        # largest): then its own condition number is unbounded
+        cond = (lmax + alpha) / (lmin + alpha) if lmin + alpha > 0 else math.inf
+        if cond < EQUILIBRATION_GAIN * (ls[-1] / ls[0]):
+            continue
+        L, info = torch.linalg.cholesky_ex(S)
+        if int(info) != 0:
+            continue
+        Linv = torch.linalg.solve_triangular(L, eye, upper=False)
+        out.append((a, Dv[:, None] * Linv.mT))
+    return out
 
 
 def _loo_blocks_numpy(
@@ -204,6 +285,7 @@ def _loo_blocks_numpy(
     BD: torch.Tensor,
     mV: torch.Tensor,
     share: float,
+    exact: list[tuple[int, torch.Tensor]],
     per_block: Callable[[int, torch.Tensor], Any],
 ) -> Iterator[Any]:
     """:func:`_loo_blocks` on the CPU, each block's products in numpy (the same formulas)."""
@@ -216,6 +298,8 @@ def _loo_blocks_numpy(
         sp.y_offset.numpy(),
     )
     swn = None if sw is None else sw.numpy()
+    mBn = xo @ BDn  # (n_alphas * k,): the offsets' fitted values
+    exact_n = [(a, M.numpy(), xo @ M.numpy()) for a, M in exact]
     na, k = Dn.shape[1], yn.shape[1]
     p = Xn.shape[1]
     # per-thread work arrays: a fresh array per block would be page-faulted in every time
@@ -225,24 +309,34 @@ def _loo_blocks_numpy(
         if not hasattr(local, "P"):
             local.P, local.P2 = np.empty((LOO_BLOCK_ROWS, p)), np.empty((LOO_BLOCK_ROWS, p))
             local.lev, local.e = np.empty((LOO_BLOCK_ROWS, na)), np.empty((LOO_BLOCK_ROWS, na * k))
+            local.levx = np.empty((LOO_BLOCK_ROWS, len(exact_n)))
         Xb = Xn[i : i + LOO_BLOCK_ROWS]
         r = Xb.shape[0]
         P, P2, lev, e = local.P[:r], local.P2[:r], local.lev[:r], local.e[:r]
-        if sp.center_in_gemm:  # (x - m)'V = x'V - m'V: no centred copy of the block
+        levx = local.levx[:r]
+        # fitted values (centred) for every alpha and target, then the projection
+        if sp.center_in_gemm:  # (x - m)'B = x'B - m'B: no centred copy of the block
+            np.matmul(Xb, BDn, out=e)
+            e -= mBn
             np.matmul(Xb, V, out=P)
             P -= mVn
         else:
             np.subtract(Xb, xo, out=P2)
+            np.matmul(P2, BDn, out=e)
             np.matmul(P2, V, out=P)
+        for j, (_, M, mM) in enumerate(exact_n):
+            Z = Xb @ M - mM if sp.center_in_gemm else P2 @ M
+            levx[:, j] = np.einsum("ij,ij->i", Z, Z)
         np.multiply(P, P, out=P2)
         np.matmul(P2, Dn, out=lev)  # (r, n_alphas): P^2 D
+        for j, (a, _, _) in enumerate(exact_n):
+            lev[:, a] = levx[:, j]
         if swn is None:
             np.subtract(1.0 - share, lev, out=lev)  # 1 - leverage = 1 - 1/W - P^2 D
         else:
             lev += share  # the intercept's 1/W
             lev *= swn[i : i + r, None]
             np.subtract(1.0, lev, out=lev)
-        np.matmul(P, BDn, out=e)  # fitted values (centred) for every alpha and target
         yc = yn[i : i + r] - yo
         np.subtract(yc if k == 1 else np.tile(yc, (1, na)), e, out=e)
         e3 = e.reshape(r, na, k)
