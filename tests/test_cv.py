@@ -276,6 +276,8 @@ def test_cv_states_one_pass_counts():
         (LassoCV(alphas=0), (X, Y), "'alphas' parameter must be >= 1"),
         (LassoCV(eps=0.0), (X, Y), "'eps' parameter must be > 0"),
         (LassoCV(selection_rule="max"), (X, Y), "'selection_rule' parameter must be one of"),
+        (LassoCV(precompute="bogus"), (X, Y), "'precompute' parameter must be 'auto', a bool"),
+        (ElasticNetCV(precompute=3), (X, Y), "'precompute' parameter must be 'auto', a bool"),
         (LassoCV(cv=1), (X, Y), "'cv' parameter must be >= 2"),
         (LassoCV(cv=5), (X[:3], Y[:3]), "greater than n_samples=3"),
         (LassoCV(cv="five"), (X, Y), "cv must be None, an int"),
@@ -286,7 +288,13 @@ def test_cv_states_one_pass_counts():
             (X, Y, np.r_[np.zeros(3), np.ones(N - 3)]),
             "held-out fold 0 has no rows",
         ),
-        (LassoCV(cv=5), (X[:6], Y[:6]), "has no rows"),  # a hash fold left empty
+        # a hash fold left empty: the message says why and what to do
+        (LassoCV(cv=5), (X[:6], Y[:6]), r"has no rows .*seeded hash.*cv=KFold\(K\)"),
+        (
+            LassoCV(cv=[(np.r_[np.arange(10), 4], np.arange(10, 20))] * 2),  # a bootstrap
+            (X, Y),
+            r"cv split 0: train repeats row 4 \(2 times\).*sample_weight",
+        ),
     ],
 )
 def test_bad_input_errors(est, fit_args, match):
@@ -411,3 +419,24 @@ def test_streamed_fold_update_equals_each_folds_own_rows(order, weighted):
         r = (ref.scale / got.scale).numpy()
         np.testing.assert_allclose(got.mean.numpy() * r, ref.mean.numpy(), rtol=1e-12)
         np.testing.assert_allclose(got.C.numpy() * np.outer(r, r), ref.C.numpy(), rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "kind, kw",
+    [
+        ("LassoCV", {"alphas": 1}),
+        ("LassoCV", {"alphas": 3}),
+        ("ElasticNetCV", {"alphas": 1, "l1_ratio": [0.2, 0.8]}),
+        ("ElasticNetCV", {"alphas": 3, "l1_ratio": [0.2, 0.8]}),
+        ("ElasticNetCV", {"alphas": [1.0, 0.1, 0.01], "l1_ratio": [0.2, 0.8]}),
+        ("ElasticNetCV", {"alphas": [0.1], "l1_ratio": 0.5}),
+    ],
+)
+def test_attribute_shapes_are_scikit_learns(kind, kw):
+    # one automatic alpha once lost the alpha axis of alphas_ (np.squeeze)
+    folds = list(KFold(4, shuffle=True, random_state=0).split(X))
+    a = {"LassoCV": LassoCV, "ElasticNetCV": ElasticNetCV}[kind](cv=folds, **kw).fit(X, Y)
+    b = getattr(skl, kind)(cv=folds, **kw).fit(X, Y)
+    assert a.alphas_.shape == b.alphas_.shape
+    assert a.mse_path_.shape == b.mse_path_.shape
+    np.testing.assert_allclose(a.alphas_, b.alphas_, rtol=1e-12)

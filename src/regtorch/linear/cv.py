@@ -175,6 +175,14 @@ class ElasticNetCV(_LinearBase):
             check_param(flag, getattr(self, flag), kind=bool, options=(True, False))
         check_param("selection", self.selection, kind=str, options=("cyclic", "random"))
         check_param("selection_rule", self.selection_rule, kind=str, options=SELECTION_RULES)
+        pre = self.precompute  # scikit-learn's: "auto", a bool or a Gram matrix (unused here)
+        if not (isinstance(pre, bool) or (isinstance(pre, str) and pre == "auto")) and (
+            isinstance(pre, (str, bytes)) or np.ndim(pre) != 2
+        ):
+            raise ValueError(
+                f"The 'precompute' parameter must be 'auto', a bool or a 2-D array-like; "
+                f"got {pre!r}."
+            )
         if isinstance(self.cv, numbers.Integral) and not isinstance(self.cv, bool):
             check_param("cv", self.cv, kind=numbers.Integral, low=2)
 
@@ -293,7 +301,9 @@ class ElasticNetCV(_LinearBase):
         self._set_fitted(
             torch.as_tensor(coef_path[j], dtype=torch.float64).reshape(-1, 1),
             torch.tensor([float(b0[j])], dtype=torch.float64),
-            alphas=np.squeeze(grids) if auto else grids[0],
+            # scikit-learn's shapes: one grid per l1_ratio when computed (the ratio axis
+            # dropped for one ratio), mse_path_ squeezed
+            alphas=(grids[0] if len(ratios) == 1 else grids) if auto else grids[0],
             mse_path=np.squeeze(mse),
             alpha=alpha,
             l1_ratio=l1_ratio,

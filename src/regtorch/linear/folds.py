@@ -66,7 +66,12 @@ class FoldStates:
 
     def _gram(self, state: MomentState, fit_intercept: bool, what: str) -> GramState:
         if state.n <= 0 or state.mean is None:
-            raise ValueError(f"Cross-validation: {what} has no rows with a positive weight.")
+            raise ValueError(
+                f"Cross-validation: {what} has no rows (none, or only rows of weight 0). "
+                "cv=K gives each row a fold by a seeded hash of its index, so with few rows a "
+                "fold can come out empty: use fewer folds, more rows, another random_state, "
+                "or a splitter with folds of equal size, such as cv=KFold(K)."
+            )
         return _stream_gram(state, fit_intercept, True, self.features, "Cross-validation")[0]
 
     def train_state(self, k: int) -> MomentState:
@@ -350,9 +355,15 @@ def _splits(cv: Any, n: int, X: Any, y: Any) -> list[tuple[np.ndarray, np.ndarra
                 )
             if a.min() < -n or a.max() >= n:
                 raise ValueError(f"cv split {i}: {name} index out of range for {n} rows.")
-            seen = np.zeros(n, dtype=bool)  # sorted and unique in O(n), not a sort
-            seen[np.where(a < 0, a + n, a)] = True
-            arrs.append(np.flatnonzero(seen))
+            counts = np.bincount(np.where(a < 0, a + n, a), minlength=n)  # O(n), not a sort
+            if int(counts.max()) > 1:
+                j = int(np.argmax(counts))
+                raise ValueError(
+                    f"cv split {i}: {name} repeats row {j} ({int(counts[j])} times), as a "
+                    "bootstrap does; the fold statistics count each row once. Give the "
+                    "repeats as sample_weight, or splits without repeated rows."
+                )
+            arrs.append(np.flatnonzero(counts))
         out.append((arrs[0], arrs[1]))
     if len(out) < 2:
         raise ValueError(f"cv must give at least 2 splits, got {len(out)}.")
