@@ -290,13 +290,7 @@ def _loo_blocks_numpy(
 ) -> Iterator[Any]:
     """:func:`_loo_blocks` on the CPU, each block's products in numpy (the same formulas)."""
     Xn, yn, V = X.numpy(), y.numpy(), sp.basis.numpy()
-    Dn, BDn, mVn, xo, yo = (
-        D.numpy(),
-        BD.numpy(),
-        mV.numpy(),
-        sp.X_offset.numpy(),
-        sp.y_offset.numpy(),
-    )
+    Dn, BDn, mVn, xo, yo = (t.numpy() for t in (D, BD, mV, sp.X_offset, sp.y_offset))
     swn = None if sw is None else sw.numpy()
     mBn = xo @ BDn  # (n_alphas * k,): the offsets' fitted values
     exact_n = [(a, M.numpy(), xo @ M.numpy()) for a, M in exact]
