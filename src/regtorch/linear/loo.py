@@ -254,6 +254,11 @@ def _exact_leverages(sp: _Spectrum, alphas: torch.Tensor) -> list[tuple[int, tor
     lmax, lmin = float(sp.L.max()), float(sp.L.min())
     out = []
     for a, alpha in enumerate(alphas.tolist()):
+        # the spectrum's smallest eigenvalue may come out negative (its error is eps x the
+        # largest): then its own condition number is unbounded
+        cond = (lmax + alpha) / (lmin + alpha) if lmin + alpha > 0 else math.inf
+        if cond < EQUILIBRATION_GAIN:
+            continue  # no equilibration can gain that much: no eigvalsh needed
         A = G + alpha * eye
         d = A.diagonal()
         if not bool((d > 0).all()):
@@ -261,13 +266,8 @@ def _exact_leverages(sp: _Spectrum, alphas: torch.Tensor) -> list[tuple[int, tor
         Dv = d.rsqrt()
         S = A * Dv[:, None] * Dv[None, :]
         ls = np.linalg.eigvalsh(S.cpu().numpy())
-        if ls[0] <= 0:
-            continue  # singular after equilibration too
-        # the spectrum's smallest eigenvalue may come out negative (its error is eps x the
-        # largest): then its own condition number is unbounded
-        cond = (lmax + alpha) / (lmin + alpha) if lmin + alpha > 0 else math.inf
-        if cond < EQUILIBRATION_GAIN * (ls[-1] / ls[0]):
-            continue
+        if ls[0] <= 0 or cond < EQUILIBRATION_GAIN * (ls[-1] / ls[0]):
+            continue  # singular after equilibration too, or too little gained
         L, info = torch.linalg.cholesky_ex(S)
         if int(info) != 0:
             continue
