@@ -474,3 +474,32 @@ def test_leave_one_out_torch_pass_equals_numpy_pass(weighted, monkeypatch):
     np.testing.assert_array_equal(two.alpha_, one.alpha_)
     np.testing.assert_allclose(two.cv_results_, one.cv_results_, rtol=1e-11)
     np.testing.assert_allclose(two.coef_, one.coef_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cv", [None, 3])
+def test_a_column_whose_squares_overflow_is_named(cv):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=30), "big": 1e200 * rng.normal(size=30)})
+    y = X["a"].to_numpy() + rng.normal(size=30)
+    # it once said "column 'x1'" (K folds) or LAPACK's "Eigenvalues did not converge"
+    with pytest.raises(ValueError, match=r"RidgeCV cannot fit input X column 'big'"):
+        RidgeCV(cv=cv).fit(X, y)
+
+
+def test_moments_of_huge_columns_raise_no_overflow_warning():
+    import warnings
+
+    import torch
+
+    from regtorch.linear.moments import MomentState
+
+    rng = np.random.default_rng(0)
+    Z = np.column_stack([1e200 * rng.normal(size=50) + 3e200, rng.normal(size=50)])
+    st = MomentState()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the shift's pilot once squared 1e200 unscaled
+        st.update(torch.from_numpy(Z))
+    mean = (st.mean / st.scale).numpy()
+    np.testing.assert_allclose(mean, Z.mean(0), rtol=1e-14)

@@ -130,7 +130,7 @@ class MomentState:
         s = _pow2_scale(top)
         log_w = 0.0 if w is None else float(torch.as_tensor(w).log().sum())
         rows = int(_rows(Z))
-        shift = self._shift(Z, cpu)
+        shift = self._shift(Z, cpu, s)
         sx = s.numpy() if cpu else s
         if shift is None:
             n, mb, C = _batch_moments(Z, w, sx, _products_in_range(top))
@@ -142,7 +142,7 @@ class MomentState:
             mb, C = torch.from_numpy(mb), torch.from_numpy(C)
         self.merge(MomentState(n, mb, C, s, rows, log_w))
 
-    def _shift(self, Z: Any, cpu: bool) -> Any:
+    def _shift(self, Z: Any, cpu: bool, scale: torch.Tensor) -> Any:
         """A shift (data units) for a batch whose columns' means dwarf their spread, judged
         from the moments so far (or the batch's first rows): forming the Gram about it
         keeps the centring from cancelling digits, at the cost of one copy of the batch."""
@@ -153,9 +153,11 @@ class MomentState:
             shift = self.mean / self.scale
             return shift.cpu().numpy() if cpu else shift.to(Z.device)
         head = np.hstack([a[:PILOT_ROWS] for a in Z]) if isinstance(Z, tuple) else Z[:PILOT_ROWS]
-        mean = head.mean(0)
-        var = ((head - mean) ** 2).mean(0)
-        return mean if bool((mean * mean > SHIFT_RATIO * var).any()) else None
+        # judged in the batch's power-of-two scaled units: squares of 1e200 do not overflow
+        sc = scale.cpu().numpy() if cpu else scale.to(head.device)
+        mean = (head * sc).mean(0)
+        var = ((head * sc - mean) ** 2).mean(0)
+        return mean / sc if bool((mean * mean > SHIFT_RATIO * var).any()) else None
 
     def _at(self, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, C)`` expressed with the (smaller, power-of-two) ``scale``."""

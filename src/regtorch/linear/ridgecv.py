@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from regtorch._base import check_param, validate_fit_data
+from regtorch._base import check_gram_range, check_param, validate_fit_data
 from regtorch._threads import torch_threads
 from regtorch.linear.estimators import _LinearBase
 from regtorch.linear.loo import loo_fit, ridge_path
@@ -214,6 +214,8 @@ class RidgeCV(_LinearBase):
         alphas = self._alpha_values()
         device = self.device if self.cv is None else "cpu"
         Xt, yt, sw, y_1d, peaks = validate_fit_data(self, X, y, sample_weight, device=device)
+        # the penalty is not scale-free: a column whose squares overflow is named here
+        peaks = check_gram_range(self, Xt, yt, peaks)
         if self.cv is None:
             # one torch thread beside numpy's BLAS pool on the CPU: the pass's GEMMs run in
             # numpy, and two pools of spinning threads on the same cores slow each other
