@@ -174,6 +174,18 @@ def path_duality_gaps(
     gap = np.where(over, 0.5 * r2 * (1 + const**2), r2)
     gap += l1 * np.sqrt(np.sum(W3**2, axis=2)).sum(axis=1) - const * (yty - wc)
     gap += 0.5 * l2 * (1 + const**2) * np.einsum("apk,apk->a", W3, W3)
+    ridge = (l1 == 0) & (l2 > 0)
+    if ridge.any():
+        # without an L1 part scikit-learn's dual point is 0 and its "gap" the primal
+        # objective; the Fenchel dual at theta = r is exact: the conjugate of
+        # l1 |w| + l2 w^2 / 2 is (|v| - l1)_+^2 / (2 l2) (v_+ only, if positive)
+        xr = C[None] - GW  # X'r
+        v = xr[:, :, 0] if positive else np.sqrt(np.sum(xr**2, axis=2))
+        excess = np.maximum(v - l1[:, None], 0.0)
+        fen = r2 - (yty - wc) + 0.5 * l2 * np.einsum("apk,apk->a", W3, W3)
+        fen += l1 * np.sqrt(np.sum(W3**2, axis=2)).sum(axis=1)
+        fen += np.sum(excess**2, axis=1) / (2 * np.where(ridge, l2, 1.0))
+        gap = np.where(ridge, fen, gap)
     return gap
 
 
