@@ -322,7 +322,11 @@ def test_tampered_and_forged_cv_models_are_refused(data, tmp_path, capsys):
         (["--model", "elasticnetcv", "--l1-ratio", "0.5,1.5"], "--l1-ratio takes numbers in"),
         (["--model", "elasticnetcv", "--l1-ratio", "0,0.5"], "needs an L1 share > 0"),
         (["--model", "lassocv", "--selection-rule", "max"], "invalid choice"),
-        (["--model", "lassocv", "--cv", "200"], "training rows are too few for 200 folds"),
+        (["--model", "lassocv", "--cv", "200"], "rows to train on are too few for 200 folds"),
+        # counted before K folds are (it once tried to allocate 7 TiB)
+        (["--model", "lassocv", "--cv", "1000000000000"], "too few for 1000000000000 folds"),
+        (["--model", "lassocv", "--cv", "2000", "--stream"], "more than 1000 folds"),
+        (["--model", "lassocv", "--cv", "200", "--stream"], "too few for 200 folds"),
         (["--model", "lassocv", "--target", "y,a"], "fits one target"),
     ],
 )
@@ -346,3 +350,43 @@ def test_one_standard_error_rule_chooses_a_larger_alpha(data, tmp_path, capsys):
     within = mean <= mean[best] + hi.mse_se_[best]
     assert hi.alpha_ == np.max(hi.alphas_[within]) and lo.alpha_ == hi.alphas_[best]
     assert hi.alpha_ > lo.alpha_  # on these data the rule moves the choice
+
+
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_too_few_rows_for_the_folds_refused_in_memory_and_streamed_alike(tmp_path, capsys, stream):
+    # 3 rows, 2 of them for training: streamed once fitted a meaningless model (exit 0)
+    rng = np.random.default_rng(0)
+    pd.DataFrame(rng.normal(size=(3, 3)), columns=["a", "b", "y"]).to_csv(tmp_path / "d.csv")
+    err = fails(
+        capsys,
+        "too few for 2 folds",
+        "fit",
+        tmp_path / "d.csv",
+        "--target",
+        "y",
+        "--model",
+        "lassocv",
+        "--cv",
+        "2",
+        *stream,
+    )
+    assert "at least 4 are needed" in err
+
+
+def test_streamed_r2_of_one_test_row_is_undefined_not_an_overflow(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    pd.DataFrame(rng.normal(size=(3, 3)), columns=["a", "b", "y"]).to_csv(tmp_path / "d.csv")
+    ok(
+        capsys,
+        "fit",
+        tmp_path / "d.csv",
+        "--target",
+        "y",
+        "--model",
+        "ridge",
+        "--stream",
+        "--out",
+        tmp_path / "o",
+    )
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["metrics"]["model"]["r2_note"] == "undefined: constant target", metrics

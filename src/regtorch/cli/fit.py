@@ -167,14 +167,16 @@ def _cv_folds(args: argparse.Namespace, rows: Any) -> Any:
     import numpy as np
 
     from regtorch.data.split import fold_of
+    from regtorch.linear.folds import check_fold_sizes
 
-    folds = fold_of(np.asarray(rows, dtype=np.int64), args.seed, args.cv, args.test_size)
-    sizes = np.bincount(folds, minlength=args.cv)
-    if (sizes < 1).any() or len(rows) < 2 * args.cv:
-        raise UserError(
-            f"--cv {args.cv}: {len(rows)} training rows are too few for {args.cv} folds "
-            f"(the smallest would hold {int(sizes.min())} rows); lower --cv or give more rows."
-        )
+    what = f"--cv {args.cv}"
+    try:
+        check_fold_sizes(args.cv, len(rows), None, what)  # before counting (K may be huge)
+        folds = fold_of(np.asarray(rows, dtype=np.int64), args.seed, args.cv, args.test_size)
+        sizes = np.bincount(folds, minlength=args.cv)
+        check_fold_sizes(args.cv, len(rows), int(sizes.min()), what)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     return [(np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in range(args.cv)]
 
 

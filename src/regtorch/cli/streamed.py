@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,6 +156,10 @@ def _held_out(args: argparse.Namespace, est: Any, source: Any) -> tuple[Any, Any
     return metrics, y_s, p_s, counts
 
 
+def _finite(v: Any) -> bool:
+    return v is not None and math.isfinite(v)
+
+
 def _fit_streaming_in_group(args: argparse.Namespace, out: Path | None) -> int:
     from regtorch import distributed
 
@@ -181,7 +186,10 @@ def _fit_streaming_in_group(args: argparse.Namespace, out: Path | None) -> int:
         f"batches of {info['batch_rows']} rows) on {args.data}: {split}, "
         f"{rate:,.0f} rows/s; held-out test share {args.test_size:g}"
     )
-    m = {"model": strict_metrics(metrics)} if metrics else {}
+    # R2 comes from sums here: not finite beside a finite MSE only when the test rows'
+    # target is constant (one row, say), where it is undefined, not an overflow
+    constant = bool(metrics) and not _finite(metrics.get("r2")) and _finite(metrics.get("mse"))
+    m = {"model": strict_metrics(metrics, constant_target=constant)} if metrics else {}
     _say_metrics(m, args.test_size)
     names = list(source.features)
     coef = _coef_table(est, names)

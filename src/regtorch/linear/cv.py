@@ -21,7 +21,13 @@ from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
 from regtorch._base import check_gram_range, check_param, validate_fit_data
 from regtorch._threads import torch_threads
 from regtorch.linear.estimators import _LinearBase
-from regtorch.linear.folds import FoldStates, cv_states, fold_states_in_memory
+from regtorch.linear.folds import (
+    MAX_STREAMED_FOLDS,
+    FoldStates,
+    check_fold_sizes,
+    cv_states,
+    fold_states_in_memory,
+)
 from regtorch.linear.moments import BatchSource
 
 __all__ = [
@@ -437,6 +443,13 @@ def stream_fit_cv(
         if rs is not None and not (isinstance(rs, numbers.Integral) and not isinstance(rs, bool)):
             raise ValueError(f"A streamed fit needs an int random_state (or seed), got {rs!r}.")
         seed = 0 if rs is None else int(rs)
+    if n_folds > MAX_STREAMED_FOLDS:
+        raise ValueError(
+            f"A streamed fit keeps one state per fold; cv={n_folds} is more than "
+            f"{MAX_STREAMED_FOLDS} folds."
+        )
+    if source.n_rows is not None:  # known before the pass (Parquet): refuse at once
+        check_fold_sizes(n_folds, source.n_rows, None, f"cv={n_folds}")
     t0 = time.perf_counter()
     states = cv_states(
         source,
@@ -447,6 +460,8 @@ def stream_fit_cv(
         test_fraction=test_fraction,
         progress=progress,
     )
+    sizes = [s.rows for s in states.fold]
+    check_fold_sizes(n_folds, sum(sizes), min(sizes), f"cv={n_folds}")
     est._fit_folds(states, list(source.features))
     return {
         "rows_read": states.rows_read,

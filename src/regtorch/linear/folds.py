@@ -148,6 +148,24 @@ class FoldStates:
         return b.reshape(1, p, -1)
 
 
+# folds of a streamed fit: each is one mergeable state updated per batch
+MAX_STREAMED_FOLDS = 1_000
+
+
+def check_fold_sizes(k: int, n: int, smallest: int | None, what: str) -> None:
+    """Refuse ``k`` folds over ``n`` < 2k training rows or with an empty fold (its size
+    ``smallest``; None before the folds are counted): the same rule in memory and streamed.
+    ``what`` names the setting (``"--cv 5"``, ``"cv=5"``)."""
+    if n < 2 * k or (smallest is not None and smallest < 1):
+        held = (
+            "" if smallest is None else f", and every fold non-empty; the smallest holds {smallest}"
+        )
+        raise ValueError(
+            f"{what}: {n} rows to train on are too few for {k} folds (at least {2 * k} are "
+            f"needed{held}): use fewer folds or more rows."
+        )
+
+
 def _merge_ranks(states: list[MomentState], m: int) -> list[MomentState]:
     """Every fold's state merged over ranks, in rank order (one collective for all folds)."""
     if not distributed.is_distributed():
