@@ -277,6 +277,9 @@ def test_cv_states_one_pass_counts():
         (LassoCV(eps=0.0), (X, Y), "'eps' parameter must be > 0"),
         (LassoCV(selection_rule="max"), (X, Y), "'selection_rule' parameter must be one of"),
         (LassoCV(precompute="bogus"), (X, Y), "'precompute' parameter must be 'auto', a bool"),
+        # bounded before any work (1e8 alphas once grew to 15 GB)
+        (LassoCV(alphas=100_000_000), (X, Y), "'alphas' parameter must be <= 10000"),
+        (LassoCV(alphas=np.ones(10_001)), (X, Y), "array of 1 to 10000 values"),
         (ElasticNetCV(precompute=3), (X, Y), "'precompute' parameter must be 'auto', a bool"),
         (LassoCV(cv=1), (X, Y), "'cv' parameter must be >= 2"),
         (LassoCV(cv=5), (X[:3], Y[:3]), "greater than n_samples=3"),

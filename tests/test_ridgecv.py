@@ -302,7 +302,7 @@ def test_1se_leave_one_out_uses_per_row_errors(regression):
         (dict(alphas=[1.0, 0.0]), r"alphas\[1\] == 0.0, must be finite and > 0"),
         (dict(alphas=[1.0, -1.0], cv=3), r"alphas\[1\] == -1.0, must be finite and >= 0"),
         (dict(alphas=[np.nan]), r"alphas\[0\]"),
-        (dict(alphas=[]), "non-empty"),
+        (dict(alphas=[]), "array of 1 to 10000 values"),
         (dict(alphas="abc"), "alphas must be a number"),
         (dict(scoring="neg_mean_absolute_error"), "'scoring' parameter must be one of"),
         (dict(scoring=lambda est, X, y: 0.0), "callables are not supported"),
@@ -503,3 +503,8 @@ def test_moments_of_huge_columns_raise_no_overflow_warning():
         st.update(torch.from_numpy(Z))
     mean = (st.mean / st.scale).numpy()
     np.testing.assert_allclose(mean, Z.mean(0), rtol=1e-14)
+
+
+def test_alphas_are_bounded():
+    with pytest.raises(ValueError, match="1-D array of 1 to 10000 values"):
+        RidgeCV(alphas=np.ones(10_001)).fit(np.eye(3), np.ones(3))

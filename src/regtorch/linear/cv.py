@@ -66,6 +66,10 @@ def standard_error(mse: np.ndarray) -> np.ndarray:
     return np.asarray(mse.std(axis=-1, ddof=1) / np.sqrt(k))
 
 
+# alphas on a CV path at most (each fold keeps alphas x features coefficients)
+MAX_ALPHAS = 10_000
+
+
 class ElasticNetCV(_LinearBase):
     """Elastic net with the penalty chosen by K-fold cross-validation, from per-fold moments.
 
@@ -165,13 +169,14 @@ class ElasticNetCV(_LinearBase):
             raise ValueError(f"l1_ratio must be a number or a 1-D list, got {ratios!r}.")
         check_param("eps", self.eps, kind=numbers.Real, low=0, low_open=True, finite=True)
         if isinstance(self.alphas, numbers.Integral) and not isinstance(self.alphas, bool):
-            check_param("alphas", self.alphas, kind=numbers.Integral, low=1)
+            # every fold keeps its path (alphas x features): bounded before any work
+            check_param("alphas", self.alphas, kind=numbers.Integral, low=1, high=MAX_ALPHAS)
         else:
             grid = np.asarray(self.alphas, dtype=object)
-            if grid.ndim != 1 or grid.size == 0:
+            if grid.ndim != 1 or grid.size == 0 or grid.size > MAX_ALPHAS:
                 raise ValueError(
-                    f"The 'alphas' parameter must be an int >= 1 or a non-empty 1-D array, "
-                    f"got {self.alphas!r}."
+                    f"The 'alphas' parameter must be an int in [1, {MAX_ALPHAS}] or a 1-D "
+                    f"array of 1 to {MAX_ALPHAS} values, got {self.alphas!r}."
                 )
             for i, a in enumerate(grid):
                 check_param(f"alphas[{i}]", a, kind=numbers.Real, low=0, finite=True)

@@ -18,6 +18,7 @@ import torch
 
 from regtorch._base import check_gram_range, check_param, validate_fit_data
 from regtorch._threads import torch_threads
+from regtorch.linear.cv import MAX_ALPHAS
 from regtorch.linear.estimators import _LinearBase
 from regtorch.linear.loo import loo_fit, ridge_path
 
@@ -198,8 +199,10 @@ class RidgeCV(_LinearBase):
             raise ValueError(
                 f"alphas must be a number or an array of numbers; got {raw!r}."
             ) from None
-        if a.ndim != 1 or a.size == 0:
-            raise ValueError(f"alphas must be a non-empty 1-D array; got shape {a.shape}.")
+        if a.ndim != 1 or a.size == 0 or a.size > MAX_ALPHAS:
+            raise ValueError(
+                f"alphas must be a 1-D array of 1 to {MAX_ALPHAS} values; got shape {a.shape}."
+            )
         strict = self.cv is None
         bad = ~np.isfinite(a) | ((a <= 0) if strict else (a < 0))
         if bad.any():
