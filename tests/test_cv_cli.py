@@ -322,6 +322,14 @@ def test_tampered_and_forged_cv_models_are_refused(data, tmp_path, capsys):
         (["--model", "elasticnetcv", "--l1-ratio", "0.5,1.5"], "--l1-ratio takes numbers in"),
         (["--model", "elasticnetcv", "--l1-ratio", "0,0.5"], "needs an L1 share > 0"),
         (["--model", "lassocv", "--selection-rule", "max"], "invalid choice"),
+        # flags the model would ignore, an explicit default value included
+        (["--model", "linear", "--cv", "5"], "only the cross-validated models"),
+        (["--model", "mlp", "--selection-rule", "min"], "only the cross-validated models"),
+        (["--model", "lassocv", "--hidden", "64"], "--hidden: --model lassocv does not take"),
+        (["--model", "ridgecv", "--solver", "lbfgs"], "--solver: --model ridgecv does not take"),
+        (["--model", "ridgecv", "--epochs", "3"], "--epochs: --model ridgecv does not take"),
+        (["--model", "lasso", "--lr", "0.1"], "--lr: --model lasso does not take"),
+        (["--model", "ridge", "--batch-size", "8"], "--batch-size: --model ridge does not"),
         (["--model", "lassocv", "--cv", "200"], "rows to train on are too few for 200 folds"),
         # counted before K folds are (it once tried to allocate 7 TiB)
         (["--model", "lassocv", "--cv", "1000000000000"], "too few for 1000000000000 folds"),

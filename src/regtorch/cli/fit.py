@@ -110,15 +110,48 @@ def _cv_estimator(args: argparse.Namespace) -> Any:
     return regtorch.ElasticNetCV(l1_ratio=ratios[0] if len(ratios) == 1 else ratios, **kw)
 
 
-def _check_cv_flags(args: argparse.Namespace) -> None:
+def _check_model_flags(args: argparse.Namespace) -> None:
+    """Refuse flags the chosen model would ignore (the network's on the linear models, the
+    solver's on the CV models), then the CV flags (:func:`_check_cv_flags`)."""
+    from regtorch.cli.parser import NOT_GIVEN
+
+    cv_given = args.cv is not NOT_GIVEN
+    rule_given = args.selection_rule is not NOT_GIVEN
+    args.cv = 5 if not cv_given else args.cv
+    args.selection_rule = "min" if not rule_given else args.selection_rule
+    solvers = {"mlp", "linear", "ridge"}  # the models with a choice of solver
+    takes = {
+        "--hidden": {"mlp"},
+        "--batch-size": {"mlp"},
+        "--solver": solvers,
+        "--lr": solvers,
+        "--epochs": solvers | {"lasso", "elasticnet", "lassocv", "elasticnetcv"},
+    }
+    given = {
+        "--hidden": args.hidden,
+        "--batch-size": args.batch_size,
+        "--solver": args.solver,
+        "--lr": args.lr is not None,
+        "--epochs": args.epochs is not None,
+    }
+    for flag, models in takes.items():
+        if given[flag] and args.model not in models:
+            raise UserError(
+                f"{flag}: --model {args.model} does not take it (it is for --model "
+                f"{', '.join(sorted(models))})."
+            )
+    _check_cv_flags(args, cv_given, rule_given)
+
+
+def _check_cv_flags(args: argparse.Namespace, cv_given: bool, rule_given: bool) -> None:
     """Refuse CV flags on other models and flags the CV models do not take."""
     model = args.model
     if model not in CV_KINDS:
         for flag, given in (
             ("--alphas", args.alphas),
             ("--n-alphas", args.n_alphas),
-            ("--cv", args.cv != 5),
-            ("--selection-rule", args.selection_rule != "min"),
+            ("--cv", cv_given),
+            ("--selection-rule", rule_given),
         ):
             if given:
                 raise UserError(
@@ -291,7 +324,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from regtorch.outputs import claim_output
 
     _resume_from(args)  # --checkpoint is checked before any data is read
-    _check_cv_flags(args)
+    _check_model_flags(args)  # and the CV flags
     _check_watch(args)  # and --log-csv, --tensorboard
     out = Path(args.out) if args.out else None
     # --out is checked and locked before the fit, and stays locked until its swap

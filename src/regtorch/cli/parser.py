@@ -59,6 +59,10 @@ def _float_list(flag: str, low: float, high: float | None = None) -> Any:
     return parse
 
 
+# the default of options whose explicit default value must still count as given
+NOT_GIVEN: Any = type("NotGiven", (), {"__repr__": lambda self: "NOT_GIVEN"})()
+
+
 def _cv(text: str) -> int | None:
     """``--cv``: a number of folds >= 2, or ``loo`` (leave-one-out, ridgecv only): None."""
     if text.strip().lower() == "loo":
@@ -202,7 +206,7 @@ def _add_fit_cv(fit: argparse.ArgumentParser) -> None:
     fit.add_argument(
         "--cv",
         type=_cv,
-        default=5,
+        default=NOT_GIVEN,  # 5, set by the fit command once it knows the flag was not given
         metavar="K|loo",
         help="CV models: number of folds (default 5), drawn among the training rows by the "
         "seeded hash of --seed (the same folds in memory and streamed); ridgecv also takes loo "
@@ -211,7 +215,7 @@ def _add_fit_cv(fit: argparse.ArgumentParser) -> None:
     fit.add_argument(
         "--selection-rule",
         choices=("min", "1se"),
-        default="min",
+        default=NOT_GIVEN,  # "min" (as --cv)
         help="CV models: the alpha of least mean CV error (min, default) or the largest alpha "
         "whose CV error is within one standard error of it (1se)",
     )
