@@ -309,6 +309,9 @@ def test_tampered_and_forged_cv_models_are_refused(data, tmp_path, capsys):
         (["--model", "elasticnet", "--l1-ratio", "0.1,0.5"], "a list is for --model elasticnetcv"),
         (["--model", "lassocv", "--alphas", "0,1"], "--alphas takes numbers > 0"),
         (["--model", "ridgecv", "--alphas", "-1"], "--alphas takes numbers > 0"),
+        # argparse read "-1,2" as an option ("expected one argument")
+        (["--model", "ridgecv", "--alphas", "-1,2"], "got '-1,2' (-1.0 is not)"),
+        (["--model", "ridgecv", "--alphas", "1,,2"], "(an empty item)"),
         (["--model", "ridgecv", "--alphas", "1,nan"], "--alphas takes numbers > 0"),
         (["--model", "lassocv", "--alphas", "a,b"], "--alphas takes numbers > 0"),
         (["--model", "lassocv", "--cv", "1"], "a number of folds >= 2"),

@@ -16,6 +16,7 @@ Modules: :mod:`~regtorch.cli.parser` (flags), :mod:`~regtorch.cli.fit` and
 from __future__ import annotations
 
 import os
+import re
 import sys
 import types
 import warnings
@@ -131,6 +132,25 @@ def _defer_imports(names: Sequence[str] = DEFERRED_MODULES) -> None:
             setattr(sys.modules[parent], child, stand_in)
 
 
+# options whose value is a list of numbers: "-1,2" would read as an option to argparse
+_LIST_OPTIONS = ("--alphas", "--l1-ratio")
+
+
+def _join_signed_lists(argv: list[str]) -> list[str]:
+    """``--alphas -1,2`` as ``--alphas=-1,2``, so the value is checked (and refused with
+    its own message) instead of argparse's "expected one argument"."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _LIST_OPTIONS and i + 1 < len(argv) and re.match(r"-[\d.]", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``regtorch`` command.
 
@@ -139,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     notebook that calls ``main`` keeps its own warning display.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_signed_lists(sys.argv[1:] if argv is None else list(argv)))
     _defer_imports()
     previous = warnings.showwarning
     warnings.showwarning = _one_line_warning

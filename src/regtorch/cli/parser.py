@@ -38,8 +38,13 @@ def _float_list(flag: str, low: float, high: float | None = None) -> Any:
     span = f"in [{low:g}, {high:g}]" if high is not None else "> 0"
 
     def parse(text: str) -> tuple[float, ...]:
+        items = text.split(",")
+        if len(items) > 1 and not all(v.strip() for v in items):
+            raise argparse.ArgumentTypeError(
+                f"{flag} takes numbers {span} separated by commas; got {text!r} (an empty item)"
+            )
         try:
-            vals = tuple(float(v) for v in text.split(",") if v.strip())
+            vals = tuple(float(v) for v in items if v.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{flag} takes numbers {span} separated by commas, like 0.1,0.5; got {text!r}"
