@@ -401,3 +401,17 @@ def test_streamed_r2_of_one_test_row_is_undefined_not_an_overflow(tmp_path, caps
     )
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["metrics"]["model"]["r2_note"] == "undefined: constant target", metrics
+
+
+def test_cv_table_marks_one_row_and_keeps_its_row_limit():
+    from regtorch.cli.present import cv_table
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    same = regtorch.LassoCV(alphas=[5.0, 5.0, 5.0], cv=3).fit(X, X[:, 0] + rng.normal(size=60))
+    _, rows = cv_table(same)
+    assert [r[-1] for r in rows].count("<- chosen") == 1
+    # a constant target: every alpha of the grid equals alpha_ (all 100 rows were printed)
+    flat = regtorch.LassoCV(cv=3).fit(X, np.full(60, 2.0))
+    _, rows = cv_table(flat, max_rows=12)
+    assert len(rows) <= 13 and [r[-1] for r in rows].count("<- chosen") == 1

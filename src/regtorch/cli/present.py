@@ -273,15 +273,18 @@ def cv_table(est: Any, max_rows: int | None = None) -> tuple[list[str], list[lis
     rows: list[list[Any]] = []
     n = v.mean.shape[1]
     shown = list(range(n))
+    # the first alpha equal to alpha_ on each curve (repeated alphas: one row marked)
+    match = np.isclose(v.alphas, v.alpha, rtol=1e-12)
+    first = [int(np.argmax(m)) if m.any() else -1 for m in match]
     if max_rows is not None and n > max_rows:
         picks = set(np.linspace(0, n - 1, max_rows).round().astype(int).tolist())
-        picks |= set(np.flatnonzero(np.isclose(v.alphas, v.alpha, rtol=1e-12).any(axis=0)))
+        picks |= {j for j in first if j >= 0}
         shown = sorted(int(j) for j in picks)
     for i in range(v.mean.shape[0]):
         ratio = v.l1_ratios[i] if multi and v.l1_ratios else v.l1_ratio
         for j in shown:
             a = float(v.alphas[i, j])
-            chosen = np.isclose(a, v.alpha, rtol=1e-12) and (ratio == v.l1_ratio or not multi)
+            chosen = j == first[i] and (ratio == v.l1_ratio or not multi)
             se = None if v.se is None else float(v.se[i, j])
             row: list[Any] = [a, float(v.mean[i, j]), se, "<- chosen" if chosen else ""]
             rows.append(([ratio] if multi else []) + row)
