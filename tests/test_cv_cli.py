@@ -298,9 +298,21 @@ def test_tampered_and_forged_cv_models_are_refused(data, tmp_path, capsys):
         meta["attributes"]["alpha_"] = float(est.alpha_) * 1.2345
 
     _rewrite(model, other_alpha)
-    with pytest.raises(ModelFileError, match="not one of the alphas tried"):
+    with pytest.raises(ModelFileError, match=r"chosen alpha [\d.e-]+ is not one of the alphas"):
         regtorch.load(model)
     fails(capsys, "refused", "predict", model, d / "t.csv", "--out", tmp_path / "p.csv")
+    # forged CV results that contradict each other
+    for name, value, match in [
+        ("cv_folds_", 4, "cv_folds_ 4 is not a number of folds matching mse_path"),
+        ("cv_folds_", "x", "cv_folds_ 'x' is not"),
+        ("l1_ratio_", 2.0, r"l1_ratio_ 2.0 is not a number in \[0, 1\]"),
+    ]:
+        model.write_bytes(good)
+        _rewrite(
+            model, lambda meta, name=name, value=value: meta["attributes"].update({name: value})
+        )
+        with pytest.raises(ModelFileError, match=match):
+            regtorch.load(model)
 
 
 @pytest.mark.parametrize(

@@ -343,7 +343,7 @@ def _cv_state(
         raise ValueError("the alphas tried are missing or not positive")
     for alpha in np.atleast_1d(np.asarray(attrs["alpha_"], dtype=np.float64)):
         if not np.isclose(alphas, alpha, rtol=1e-12, atol=0).any():
-            raise ValueError(f"the chosen alpha {alpha!r} is not one of the alphas tried")
+            raise ValueError(f"the chosen alpha {float(alpha)!r} is not one of the alphas tried")
     n_alphas = alphas.shape[-1]
     path = arrays.get("mse_path_")
     # alphas (n_alphas,) or (n_l1, n_alphas); mse_path (..., n_alphas, n_folds)
@@ -353,6 +353,23 @@ def _cv_state(
         or (alphas.ndim == 2 and path.shape[:2] != alphas.shape)
     ):
         raise ValueError(f"mse_path has shape {list(path.shape)} for alphas {list(alphas.shape)}")
+    se = arrays.get("mse_se_")
+    if path is not None and se is not None and se.shape != path.shape[:-1]:
+        raise ValueError(f"mse_se has shape {list(se.shape)} for mse_path {list(path.shape)}")
+    folds = attrs.get("cv_folds_")
+    if folds is not None and (
+        not isinstance(folds, int)
+        or isinstance(folds, bool)
+        or folds < 2
+        or (path is not None and path.shape[-1] not in (1, folds))  # 1: leave-one-out
+    ):
+        shape = None if path is None else list(path.shape)
+        raise ValueError(f"cv_folds_ {folds!r} is not a number of folds matching mse_path {shape}")
+    l1 = attrs.get("l1_ratio_")
+    if l1 is not None and not (
+        isinstance(l1, (int, float)) and not isinstance(l1, bool) and 0 <= l1 <= 1
+    ):
+        raise ValueError(f"l1_ratio_ {l1!r} is not a number in [0, 1]")
     coef_path = arrays.get("coef_path_")
     if coef_path is not None and (coef_path.shape[0] != n_alphas or coef_path.shape[1] != p):
         raise ValueError(f"coef_path has shape {list(coef_path.shape)} for {n_alphas} alphas")
