@@ -112,8 +112,16 @@ class ProgressBar(Callback):
             return
         from tqdm.auto import tqdm
 
+        # the loop calls back every `every` epochs (at most ~200 times a run): each call
+        # shows, however fast the epochs (tqdm's default 0.1 s between refreshes hid a
+        # whole fast run)
         self._bar = tqdm(
-            total=state.epochs, initial=self._shown, desc=self.desc, unit="epoch", leave=False
+            total=state.epochs,
+            initial=self._shown,
+            desc=self.desc,
+            unit="epoch",
+            leave=False,
+            mininterval=0,
         )
 
     def on_epoch_end(self, state: TrainState) -> None:
@@ -121,12 +129,12 @@ class ProgressBar(Callback):
             self._line(state)
         if self._bar is None:
             return
-        self._bar.update(state.epoch + 1 - self._shown)
-        self._shown = state.epoch + 1
         post = {"loss": f"{state.train_loss:.4g}"}
         if state.val_loss is not None:
             post["val"] = f"{state.val_loss:.4g}"
-        self._bar.set_postfix(post, refresh=False)
+        self._bar.set_postfix(post, refresh=False)  # shown by the update's refresh
+        self._bar.update(state.epoch + 1 - self._shown)
+        self._shown = state.epoch + 1
 
     def on_train_stop(self, state: TrainState) -> None:
         # a run ended early (early stopping, tol) between two lines: say where it stopped
