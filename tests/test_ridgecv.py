@@ -484,8 +484,15 @@ def test_a_column_whose_squares_overflow_is_named(cv):
     X = pd.DataFrame({"a": rng.normal(size=30), "big": 1e200 * rng.normal(size=30)})
     y = X["a"].to_numpy() + rng.normal(size=30)
     # it once said "column 'x1'" (K folds) or LAPACK's "Eigenvalues did not converge"
-    with pytest.raises(ValueError, match=r"RidgeCV cannot fit input X column 'big'"):
+    with pytest.raises(ValueError, match=r"cannot fit (input X )?column 'big'.*overflows"):
         RidgeCV(cv=cv).fit(X, y)
+    # a constant column that large is dropped with the intercept, not refused (its squared
+    # scale once underflowed: 0 / 0 made its Gram entry NaN)
+    X["big"] = 1e300
+    m = RidgeCV(cv=cv).fit(X, y)
+    assert m.coef_[1] == 0.0
+    ref = Ridge(alpha=m.alpha_).fit(X[["a"]], y)
+    assert m.coef_[0] == pytest.approx(ref.coef_[0], rel=1e-9)
 
 
 def test_moments_of_huge_columns_raise_no_overflow_warning():
@@ -508,3 +515,14 @@ def test_moments_of_huge_columns_raise_no_overflow_warning():
 def test_alphas_are_bounded():
     with pytest.raises(ValueError, match="1-D array of 1 to 10000 values"):
         RidgeCV(alphas=np.ones(10_001)).fit(np.eye(3), np.ones(3))
+
+
+def test_kfold_alpha_zero_on_collinear_columns_is_the_minimum_norm_fit():
+    # a Cholesky factor that succeeds on a singular Gram by rounding gave another solution
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 4))
+    X[:, 3] = X[:, 0] - 2 * X[:, 1]
+    y = X[:, :3] @ [1.0, 2.0, 3.0] + rng.normal(size=50)
+    m = RidgeCV(alphas=[0.0], cv=5).fit(X, y)
+    ref = np.linalg.lstsq(X - X.mean(0), y - y.mean(), rcond=None)[0]
+    np.testing.assert_allclose(m.coef_, ref, rtol=1e-9)

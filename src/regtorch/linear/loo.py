@@ -95,7 +95,7 @@ def ridge_path(G: torch.Tensor, Xty: torch.Tensor, alphas: torch.Tensor) -> torc
     diagonal's inverse square root), with two steps of refinement: exact to the system's
     own conditioning when the columns' scales differ by orders of magnitude, where one
     eigendecomposition of the unscaled Gram loses the small columns' digits (1e-4 at a
-    scale ratio of 1e6). A singular system (alpha 0, rank-deficient Gram) gets the
+    scale ratio of 1e6). Alpha 0, or a system Cholesky cannot factor, gets the
     eigendecomposition's minimum-norm solution.
     """
     na, p = alphas.shape[0], G.shape[0]
@@ -108,7 +108,9 @@ def ridge_path(G: torch.Tensor, Xty: torch.Tensor, alphas: torch.Tensor) -> torc
     for _ in range(2):  # refinement on the unscaled system
         r = B - A @ coefs
         coefs = coefs + D[:, :, None] * torch.cholesky_solve(D[:, :, None] * r, Lf)
-    bad = (info != 0) | ~torch.isfinite(coefs).flatten(1).all(1)
+    # alpha 0: the minimum-norm solution, which a Cholesky factor that happens to succeed
+    # on a singular Gram (rounding) does not give
+    bad = (info != 0) | ~torch.isfinite(coefs).flatten(1).all(1) | (alphas == 0)
     if bool(bad.any()):
         L, V = _eigh(G)
         coefs[bad] = _eig_coefs(L, V, V.mT @ Xty, alphas[bad])
@@ -157,11 +159,13 @@ def _spectrum(
     fit_intercept: bool,
     mode: Any,
     peaks: torch.Tensor | None = None,
+    names: list[str] | None = None,
 ) -> _Spectrum:
     """The decomposition scikit-learn's _RidgeGCV uses: of the p x p Gram when n > p, else n x n."""
     n, p = X.shape
     if n > p and mode != "svd":
         gs = gram_state(X, y, sw, fit_intercept, top=peaks)
+        _check_range(gs.G, names)
         L, V = _eigh(gs.G)
         small = bool((gs.X_offset.square() * gs.weight_sum <= gs.G.diagonal()).all())
         proj = V.mT @ gs.Xty
@@ -180,6 +184,21 @@ def _spectrum(
         )
     L, U = torch.linalg.eigh(c.X @ c.X.mT) if mode != "svd" else (s.square(), U)  # n x n
     return _Spectrum("gram", L, U, U.mT @ c.y, c.X_offset, c.y_offset, c.X.mT @ U)
+
+
+def _check_range(G: torch.Tensor, names: list[str] | None) -> None:
+    """Name a column whose centred sum of squares overflows float64 (the penalty is not
+    scale-free, so columns are not rescaled); a constant one, however large, is fine."""
+    d = G.diagonal()
+    bad = torch.nonzero(~torch.isfinite(d) | (d > 1e300)).flatten()
+    if bad.numel():
+        j = int(bad[0])
+        col = names[j] if names is not None and j < len(names) else f"x{j}"
+        raise ValueError(
+            f"RidgeCV cannot fit input X column {col!r}: its sum of squares overflows float64 "
+            "in the Gram matrix (the penalty is not scale-free, so columns are not "
+            "rescaled). Rescale it (e.g. StandardScaler)."
+        )
 
 
 def _loo_blocks(
@@ -413,7 +432,9 @@ def loo_fit(
         raise ValueError(f"RidgeCV(cv=None) needs at least 2 samples, got {n} sample.")
     fi, scoring, per_target = bool(est.fit_intercept), est.scoring, bool(est.alpha_per_target)
     alphas = torch.as_tensor(alphas_np, dtype=X.dtype, device=X.device)
-    sp = _spectrum(X, y, sw, fi, est.gcv_mode, peaks)
+    names = getattr(est, "feature_names_in_", None)
+    names = None if names is None else [str(v) for v in names]
+    sp = _spectrum(X, y, sw, fi, est.gcv_mode, peaks, names)
     W = float(n if sw is None else sw.sum())
     c = _score_scale(y, sw, scoring)
     c0 = 1.0 if scoring == "r2" else 0.0

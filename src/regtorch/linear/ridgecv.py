@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from regtorch._base import check_gram_range, check_param, validate_fit_data
+from regtorch._base import check_param, validate_fit_data
 from regtorch._threads import torch_threads
 from regtorch.linear.cv import MAX_ALPHAS
 from regtorch.linear.estimators import _LinearBase
@@ -217,8 +217,6 @@ class RidgeCV(_LinearBase):
         alphas = self._alpha_values()
         device = self.device if self.cv is None else "cpu"
         Xt, yt, sw, y_1d, peaks = validate_fit_data(self, X, y, sample_weight, device=device)
-        # the penalty is not scale-free: a column whose squares overflow is named here
-        peaks = check_gram_range(self, Xt, yt, peaks)
         if self.cv is None:
             # one torch thread beside numpy's BLAS pool on the CPU: the pass's GEMMs run in
             # numpy, and two pools of spinning threads on the same cores slow each other
@@ -235,6 +233,7 @@ class RidgeCV(_LinearBase):
                     self.cv,
                     self.random_state,
                     fit_intercept=bool(self.fit_intercept),
+                    feature_names=_names(self),  # an overflowing column is named
                     peaks=peaks,
                 )
                 fit = self._kfold(states, alphas, y_1d)
@@ -351,6 +350,12 @@ class RidgeCV(_LinearBase):
             self.__dict__.pop("cv_results_", None)
         else:
             self.cv_results_ = fit.cv_results
+
+
+def _names(est: Any) -> list[str] | None:
+    """The fitted feature names (for messages), or None."""
+    names = getattr(est, "feature_names_in_", None)
+    return None if names is None else [str(v) for v in names]
 
 
 def _choose(score: np.ndarray, se: np.ndarray, alphas: np.ndarray, rule: str) -> int:

@@ -220,8 +220,9 @@ def gram_of_moments(
             x_zero.new_zeros(p, p), x_zero.new_zeros(p, k), y_zero.clone(), x_zero, y_zero, 0.0
         )
     scale, W = state.scale, float(state.n)
-    outer = torch.outer(scale, scale)
-    C, mean = state.C / outer, state.mean / scale  # data units (inf where they overflow)
+    # data units (inf where they overflow), one scale at a time: the product of two scales
+    # of columns beyond 1e154 underflows to 0, and a constant column's 0 / 0 was NaN
+    C, mean = state.C / scale[:, None] / scale[None, :], state.mean / scale
     if not fit_intercept:
         C = C + W * torch.outer(mean, mean)
         mean = torch.zeros_like(mean)

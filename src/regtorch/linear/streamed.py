@@ -303,7 +303,7 @@ def _stream_gram(
         C = C + state.n * torch.outer(mean, mean)
         mean = torch.zeros_like(mean)
     if data_units:
-        C, mean = C / torch.outer(scale, scale), mean / scale
+        C, mean = C / scale[:, None] / scale[None, :], mean / scale  # no 0 / 0 (as solvers)
         bad = torch.nonzero(~torch.isfinite(C.diagonal()) | (C.diagonal() > 1e300)).flatten()
         if bad.numel():
             j = int(bad[0])
