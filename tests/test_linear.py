@@ -270,3 +270,21 @@ def test_elastic_net_warm_start_with_changed_number_of_targets():
 
 def test_no_intercept_gives_scalar_zero_intercept():
     assert LinearRegression(fit_intercept=False).fit(X_MR, Y_MR).intercept_ == 0.0
+
+
+@pytest.mark.parametrize("positive", [False, True])
+def test_elastic_net_without_l1_reports_a_true_duality_gap(positive):
+    # scikit-learn's gap has dual point 0 without an L1 part: an exact fit reported a gap
+    # of 1.03 (4575 with y offset by 100) and warned "did not converge"
+    import warnings as _w
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 5))
+    y = X @ [1.0, -2.0, 3.0, 0.0, 0.5] + rng.normal(size=100) + 100
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        m = ElasticNet(alpha=0.1, l1_ratio=0.0, positive=positive).fit(X, y)
+    assert abs(m.dual_gap_) < 1e-12
+    if not positive:
+        ref = Ridge(alpha=0.1 * 100).fit(X, y)
+        np.testing.assert_allclose(m.coef_, ref.coef_, rtol=1e-10)

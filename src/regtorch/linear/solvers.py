@@ -502,17 +502,24 @@ def enet_duality_gap(
     """Duality gap of the elastic net at ``w`` (scikit-learn's, divided by n_samples).
 
     ``G = X'X / n``, ``c = X'y / n``, ``yty = y'y / n``; scikit-learn declares convergence
-    when this is at most ``tol * yty``, a test with no absolute floor.
+    when this is at most ``tol * yty``, a test with no absolute floor. Without an L1 part
+    (``l1 = 0``) the exact Fenchel gap (see :func:`~regtorch.linear.pathsolve.path_duality_gaps`).
     """
-    Gw = G @ w
-    r2 = max(float(w @ Gw - 2 * (w @ c)) + yty, 0.0)  # ||y - Xw||^2 / n
-    xta = c - Gw - l2 * w
-    dual_norm = float(xta.max()) if positive else float(xta.abs().max())
-    const = l1 / dual_norm if dual_norm > l1 else 1.0
-    gap = 0.5 * r2 * (1 + const * const) if dual_norm > l1 else r2
-    gap += l1 * float(w.abs().sum()) - const * (yty - float(w @ c))
-    gap += 0.5 * l2 * (1 + const * const) * float(w @ w)
-    return gap
+    from regtorch.linear.pathsolve import path_duality_gaps  # one formula for both
+
+    alpha = l1 + l2
+    ratio = l1 / alpha if alpha > 0 else 1.0
+    return float(
+        path_duality_gaps(
+            G.cpu().double().numpy(),
+            c.cpu().double().numpy(),
+            float(yty),
+            np.array([alpha]),
+            ratio,
+            w.cpu().double().numpy()[None],
+            positive,
+        )[0]
+    )
 
 
 # moved to regtorch.linear.extended and regtorch.linear.lstsq; still importable from here
