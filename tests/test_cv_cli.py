@@ -427,3 +427,32 @@ def test_cv_table_marks_one_row_and_keeps_its_row_limit():
     flat = regtorch.LassoCV(cv=3).fit(X, np.full(60, 2.0))
     _, rows = cv_table(flat, max_rows=12)
     assert len(rows) <= 13 and [r[-1] for r in rows].count("<- chosen") == 1
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: regtorch.RidgeCV(alpha_per_target=True),  # coef_path_ (n_alphas, k, p)
+        lambda: regtorch.RidgeCV(cv=4),
+        lambda: regtorch.LassoCV(cv=3, alphas=1),  # coef_ a view of coef_path_
+        lambda: regtorch.ElasticNetCV(cv=3, alphas=1, l1_ratio=[0.2, 0.8]),  # squeezed path
+        lambda: regtorch.ElasticNetCV(cv=3, l1_ratio=[0.1, 0.5, 1.0]),
+    ],
+)
+def test_every_cv_model_saves_loads_and_tabulates(tmp_path, make):
+    from regtorch.cli.present import cv_report, cv_table
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 3))
+    y = X @ [1.0, 2.0, 3.0] + rng.normal(size=80)
+    est = make()
+    target = np.c_[y, -y + rng.normal(size=80)] if est.get_params().get("alpha_per_target") else y
+    est.fit(X, target)
+    back = regtorch.load(regtorch.save(est, tmp_path / "m.safetensors"))
+    np.testing.assert_array_equal(back.predict(X), est.predict(X))
+    _, rows = cv_table(back)
+    per_target = est.get_params().get("alpha_per_target")
+    assert [r[-1] for r in rows].count("<- chosen") == (0 if per_target else 1)
+    assert len(rows) == np.size(est.alphas_)
+    text = cv_report(back)
+    assert ("per target: alpha" in text) == bool(per_target)

@@ -100,7 +100,10 @@ def dump_safetensors(tensors: Mapping[str, Any], meta: dict[str, Any]) -> bytes:
         "tensors": _sha256_tensors(tensors),
         "metadata": hashlib.sha256(text.encode()).hexdigest(),
     }
-    return save(dict(tensors), metadata={"regtorch": text, INTEGRITY_KEY: json.dumps(record)})
+    # each tensor its own contiguous storage: safetensors refuses views of one another
+    # (LassoCV with one alpha: coef_ is a view of coef_path_)
+    own = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    return save(own, metadata={"regtorch": text, INTEGRITY_KEY: json.dumps(record)})
 
 
 def check_json_text(doc: bytes | str, what: str) -> None:

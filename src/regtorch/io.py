@@ -346,6 +346,10 @@ def _cv_state(
             raise ValueError(f"the chosen alpha {float(alpha)!r} is not one of the alphas tried")
     n_alphas = alphas.shape[-1]
     path = arrays.get("mse_path_")
+    se = arrays.get("mse_se_")
+    if path is not None and n_alphas == 1 and path.ndim == alphas.ndim:
+        # squeezed as scikit-learn squeezes it: the alpha axis back, for the checks
+        path = path[..., None, :]
     # alphas (n_alphas,) or (n_l1, n_alphas); mse_path (..., n_alphas, n_folds)
     if path is not None and (
         path.ndim < 2
@@ -353,8 +357,7 @@ def _cv_state(
         or (alphas.ndim == 2 and path.shape[:2] != alphas.shape)
     ):
         raise ValueError(f"mse_path has shape {list(path.shape)} for alphas {list(alphas.shape)}")
-    se = arrays.get("mse_se_")
-    if path is not None and se is not None and se.shape != path.shape[:-1]:
+    if path is not None and se is not None and se.size != int(np.prod(path.shape[:-1])):
         raise ValueError(f"mse_se has shape {list(se.shape)} for mse_path {list(path.shape)}")
     folds = attrs.get("cv_folds_")
     if folds is not None and (
@@ -371,7 +374,9 @@ def _cv_state(
     ):
         raise ValueError(f"l1_ratio_ {l1!r} is not a number in [0, 1]")
     coef_path = arrays.get("coef_path_")
-    if coef_path is not None and (coef_path.shape[0] != n_alphas or coef_path.shape[1] != p):
+    # (n_alphas, p), or (n_alphas, k, p) for RidgeCV with several targets
+    want = [(n_alphas, p)] + ([(n_alphas, k, p)] if k > 1 else [])
+    if coef_path is not None and tuple(coef_path.shape) not in want:
         raise ValueError(f"coef_path has shape {list(coef_path.shape)} for {n_alphas} alphas")
     intercept = tensors["intercept"].reshape(-1)
     if intercept.numel() != k:

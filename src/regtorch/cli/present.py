@@ -235,6 +235,9 @@ def cv_view(est: Any) -> CVView:
     se = getattr(est, "mse_se_", None)
     n_folds = getattr(est, "cv_folds_", None)  # n_samples for RidgeCV's leave-one-out
     path = np.asarray(path, dtype=np.float64)
+    if alphas.ndim and alphas.shape[-1] == 1 and path.ndim == alphas.ndim:
+        path = path[..., None, :]  # one alpha: scikit-learn squeezes its axis out of mse_path_
+        se = None if se is None else np.asarray(se, dtype=np.float64)[..., None]
     mean = path.mean(axis=-1)
     if se is None:  # the estimators' own: std over folds (ddof=1) / sqrt(K)
         k = path.shape[-1]
@@ -253,7 +256,8 @@ def cv_view(est: Any) -> CVView:
         alphas,
         mean,
         se,
-        float(est.alpha_),
+        # one alpha per target (RidgeCV(alpha_per_target=True)): no single row is chosen
+        float(est.alpha_) if np.ndim(est.alpha_) == 0 else float("nan"),
         labels,
         l1_list,
         None if l1_ratio is None else float(l1_ratio),
@@ -309,6 +313,8 @@ def _ridge_scoring(est: Any) -> str:
 
 def cv_choice(est: Any) -> str:
     """One line: the chosen alpha (and l1_ratio), the folds and the selection rule."""
+    import numpy as np
+
     v = cv_view(est)
     folds = "leave-one-out" if _loo(est) else f"{v.n_folds}-fold"
     rule = getattr(est, "selection_rule", "min")
@@ -319,6 +325,9 @@ def cv_choice(est: Any) -> str:
             "least mean CV error" if rule == "min" else "largest alpha within 1 s.e. of the least"
         )
     l1 = f", l1_ratio {v.l1_ratio:g}" if v.l1_ratio is not None else ""
+    if np.ndim(est.alpha_):
+        each = ", ".join(f"{float(a):.6g}" for a in np.ravel(est.alpha_))
+        return f"chosen by {folds} cross-validation ({what}), per target: alpha {each}"
     return f"chosen by {folds} cross-validation ({what}): alpha {v.alpha:.6g}{l1}"
 
 
