@@ -186,6 +186,12 @@ def _spectrum(
     return _Spectrum("gram", L, U, U.mT @ c.y, c.X_offset, c.y_offset, c.X.mT @ U)
 
 
+def feature_names(est: Any) -> list[str] | None:
+    """An estimator's fitted feature names (for messages), or None."""
+    names = getattr(est, "feature_names_in_", None)
+    return None if names is None else [str(v) for v in names]
+
+
 def _check_range(G: torch.Tensor, names: list[str] | None) -> None:
     """Name a column whose centred sum of squares overflows float64 (the penalty is not
     scale-free, so columns are not rescaled); a constant one, however large, is fine."""
@@ -432,9 +438,7 @@ def loo_fit(
         raise ValueError(f"RidgeCV(cv=None) needs at least 2 samples, got {n} sample.")
     fi, scoring, per_target = bool(est.fit_intercept), est.scoring, bool(est.alpha_per_target)
     alphas = torch.as_tensor(alphas_np, dtype=X.dtype, device=X.device)
-    names = getattr(est, "feature_names_in_", None)
-    names = None if names is None else [str(v) for v in names]
-    sp = _spectrum(X, y, sw, fi, est.gcv_mode, peaks, names)
+    sp = _spectrum(X, y, sw, fi, est.gcv_mode, peaks, feature_names(est))
     W = float(n if sw is None else sw.sum())
     c = _score_scale(y, sw, scoring)
     c0 = 1.0 if scoring == "r2" else 0.0

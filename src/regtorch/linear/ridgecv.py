@@ -20,7 +20,7 @@ from regtorch._base import check_param, validate_fit_data
 from regtorch._threads import torch_threads
 from regtorch.linear.cv import MAX_ALPHAS
 from regtorch.linear.estimators import _LinearBase
-from regtorch.linear.loo import loo_fit, ridge_path
+from regtorch.linear.loo import feature_names, loo_fit, ridge_path
 
 __all__ = ["RidgeCV", "RidgeCVFit"]
 
@@ -233,7 +233,7 @@ class RidgeCV(_LinearBase):
                     self.cv,
                     self.random_state,
                     fit_intercept=bool(self.fit_intercept),
-                    feature_names=_names(self),  # an overflowing column is named
+                    feature_names=feature_names(self),  # an overflowing column is named
                     peaks=peaks,
                 )
                 fit = self._kfold(states, alphas, y_1d)
@@ -350,12 +350,6 @@ class RidgeCV(_LinearBase):
             self.__dict__.pop("cv_results_", None)
         else:
             self.cv_results_ = fit.cv_results
-
-
-def _names(est: Any) -> list[str] | None:
-    """The fitted feature names (for messages), or None."""
-    names = getattr(est, "feature_names_in_", None)
-    return None if names is None else [str(v) for v in names]
 
 
 def _choose(score: np.ndarray, se: np.ndarray, alphas: np.ndarray, rule: str) -> int:
