@@ -100,9 +100,14 @@ def dump_safetensors(tensors: Mapping[str, Any], meta: dict[str, Any]) -> bytes:
         "tensors": _sha256_tensors(tensors),
         "metadata": hashlib.sha256(text.encode()).hexdigest(),
     }
-    # each tensor its own contiguous storage: safetensors refuses views of one another
-    # (LassoCV with one alpha: coef_ is a view of coef_path_)
-    own = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    # safetensors refuses tensors that share storage (LassoCV with one alpha: coef_ is a
+    # view of coef_path_): those get their own copy, the rest are written as they are
+    own, seen = {}, set()
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else None
+        shared = ptr is not None and ptr in seen
+        own[k] = v.detach().contiguous().clone() if shared else v
+        seen.add(ptr)
     return save(own, metadata={"regtorch": text, INTEGRITY_KEY: json.dumps(record)})
 
 
