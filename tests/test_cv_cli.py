@@ -456,3 +456,13 @@ def test_every_cv_model_saves_loads_and_tabulates(tmp_path, make):
     assert len(rows) == np.size(est.alphas_)
     text = cv_report(back)
     assert ("per target: alpha" in text) == bool(per_target)
+
+
+def test_a_model_file_missing_an_attribute_says_which(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 2))
+    m = regtorch.LassoCV(cv=3).fit(X, X[:, 0] + rng.normal(size=60))
+    path = regtorch.save(m, tmp_path / "m.safetensors")
+    _rewrite(path, lambda meta: meta["attributes"].pop("alpha_"))
+    with pytest.raises(ModelFileError, match=r"could not be rebuilt \(alpha_ is missing\)"):
+        regtorch.load(path)

@@ -252,7 +252,9 @@ def load(path: str | os.PathLike[str]) -> Any:
     try:
         est = _build(meta, tensors)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
-        raise ModelFileError(f"{path}: the model could not be rebuilt ({exc}); refused.") from exc
+        # a KeyError's text is the bare key: say what is missing
+        why = f"{exc.args[0]!s} is missing" if isinstance(exc, KeyError) and exc.args else exc
+        raise ModelFileError(f"{path}: the model could not be rebuilt ({why}); refused.") from exc
     return est
 
 
