@@ -187,9 +187,8 @@ class ElasticNetCV(_LinearBase):
         check_param("selection", self.selection, kind=str, options=("cyclic", "random"))
         check_param("selection_rule", self.selection_rule, kind=str, options=SELECTION_RULES)
         pre = self.precompute  # scikit-learn's: "auto", a bool or a Gram matrix (unused here)
-        if not (isinstance(pre, bool) or (isinstance(pre, str) and pre == "auto")) and (
-            isinstance(pre, (str, bytes)) or np.ndim(pre) != 2
-        ):
+        text = isinstance(pre, (str, bytes))
+        if not (pre == "auto" if text else isinstance(pre, bool) or np.ndim(pre) == 2):
             raise ValueError(
                 f"The 'precompute' parameter must be 'auto', a bool or a 2-D array-like; "
                 f"got {pre!r}."

@@ -23,6 +23,7 @@ import torch
 
 from regtorch._threads import worker_pool, worth_threads
 from regtorch.linear.solvers import center_and_weight, gram_state
+from regtorch.linear.streamed import check_gram_overflow
 
 __all__ = ["loo_fit", "ridge_path"]
 
@@ -165,7 +166,8 @@ def _spectrum(
     n, p = X.shape
     if n > p and mode != "svd":
         gs = gram_state(X, y, sw, fit_intercept, top=peaks)
-        _check_range(gs.G, names)
+        # the penalty is not scale-free: a column whose squares overflow is named
+        check_gram_overflow(gs.G.diagonal(), names or [f"x{j}" for j in range(p)], "RidgeCV")
         L, V = _eigh(gs.G)
         small = bool((gs.X_offset.square() * gs.weight_sum <= gs.G.diagonal()).all())
         proj = V.mT @ gs.Xty
@@ -190,21 +192,6 @@ def feature_names(est: Any) -> list[str] | None:
     """An estimator's fitted feature names (for messages), or None."""
     names = getattr(est, "feature_names_in_", None)
     return None if names is None else [str(v) for v in names]
-
-
-def _check_range(G: torch.Tensor, names: list[str] | None) -> None:
-    """Name a column whose centred sum of squares overflows float64 (the penalty is not
-    scale-free, so columns are not rescaled); a constant one, however large, is fine."""
-    d = G.diagonal()
-    bad = torch.nonzero(~torch.isfinite(d) | (d > 1e300)).flatten()
-    if bad.numel():
-        j = int(bad[0])
-        col = names[j] if names is not None and j < len(names) else f"x{j}"
-        raise ValueError(
-            f"RidgeCV cannot fit input X column {col!r}: its sum of squares overflows float64 "
-            "in the Gram matrix (the penalty is not scale-free, so columns are not "
-            "rescaled). Rescale it (e.g. StandardScaler)."
-        )
 
 
 def _loo_blocks(

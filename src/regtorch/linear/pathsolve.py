@@ -171,9 +171,11 @@ def path_duality_gaps(
         dual_norm = np.sqrt(np.sum(xta**2, axis=2)).max(axis=1, initial=0.0)
     over = dual_norm > l1
     const = np.where(over, l1 / np.where(over, dual_norm, 1.0), 1.0)
+    l1_norm = np.sqrt(np.sum(W3**2, axis=2)).sum(axis=1)
+    l2_sq = np.einsum("apk,apk->a", W3, W3)
     gap = np.where(over, 0.5 * r2 * (1 + const**2), r2)
-    gap += l1 * np.sqrt(np.sum(W3**2, axis=2)).sum(axis=1) - const * (yty - wc)
-    gap += 0.5 * l2 * (1 + const**2) * np.einsum("apk,apk->a", W3, W3)
+    gap += l1 * l1_norm - const * (yty - wc)
+    gap += 0.5 * l2 * (1 + const**2) * l2_sq
     ridge = (l1 == 0) & (l2 > 0)
     if ridge.any():
         # without an L1 part scikit-learn's dual point is 0 and its "gap" the primal
@@ -182,8 +184,7 @@ def path_duality_gaps(
         xr = C[None] - GW  # X'r
         v = xr[:, :, 0] if positive else np.sqrt(np.sum(xr**2, axis=2))
         excess = np.maximum(v - l1[:, None], 0.0)
-        fen = r2 - (yty - wc) + 0.5 * l2 * np.einsum("apk,apk->a", W3, W3)
-        fen += l1 * np.sqrt(np.sum(W3**2, axis=2)).sum(axis=1)
+        fen = r2 - (yty - wc) + 0.5 * l2 * l2_sq + l1 * l1_norm
         fen += np.sum(excess**2, axis=1) / (2 * np.where(ridge, l2, 1.0))
         gap = np.where(ridge, fen, gap)
     return gap

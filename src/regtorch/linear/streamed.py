@@ -287,6 +287,20 @@ def _assemble(
     return LinearFit(coef, b0, sol.rank, method, info, R, bse_unit)
 
 
+def check_gram_overflow(diag: torch.Tensor, names: list[str], who: str) -> None:
+    """Name the first column of a data-unit Gram (its ``diag``) whose sum of squares
+    overflows float64; columns past ``names`` are the target's."""
+    bad = torch.nonzero(~torch.isfinite(diag) | (diag > 1e300)).flatten()
+    if bad.numel():
+        j = int(bad[0])
+        col = names[j] if j < len(names) else "the target"
+        raise ValueError(
+            f"{who} cannot fit column {col!r}: its sum of squares overflows float64 in "
+            "the Gram matrix (the penalty is not scale-free, so columns are not rescaled). "
+            "Rescale it (e.g. StandardScaler)."
+        )
+
+
 def _stream_gram(
     state: MomentState, fit_intercept: bool, data_units: bool, names: list[str], who: str
 ) -> tuple[Any, torch.Tensor]:
@@ -304,15 +318,7 @@ def _stream_gram(
         mean = torch.zeros_like(mean)
     if data_units:
         C, mean = C / scale[:, None] / scale[None, :], mean / scale  # no 0 / 0 (as solvers)
-        bad = torch.nonzero(~torch.isfinite(C.diagonal()) | (C.diagonal() > 1e300)).flatten()
-        if bad.numel():
-            j = int(bad[0])
-            col = names[j] if j < len(names) else "the target"
-            raise ValueError(
-                f"{who} cannot fit column {col!r}: its sum of squares overflows float64 in "
-                "the Gram matrix (the penalty is not scale-free, so columns are not rescaled). "
-                "Rescale it (e.g. StandardScaler)."
-            )
+        check_gram_overflow(C.diagonal(), names, who)
         scale = torch.ones_like(scale)
     p = len(names)
     gs = GramState(C[:p, :p], C[:p, p:], C[p:, p:].diagonal().clone(), mean[:p], mean[p:], state.n)
